@@ -1,0 +1,42 @@
+# Everything a fresh Debian 12 machine needs: `make demo`, `make test`, `make bench`.
+VENV    ?= .venv
+PYTHON  ?= python3
+PY      := $(VENV)/bin/python
+SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+# Debian packages the demo, the tests and the benchmarks run for real.
+APT_PACKAGES := serf haproxy nginx supervisor wrk hyperfine ruby socat docker.io debootstrap
+
+.PHONY: all deps venv test unit demo bench lint clean
+
+all: test
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq --no-install-recommends $$missing >/dev/null; \
+	fi
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+venv: $(VENV)/.installed
+
+test: deps venv
+	$(PY) -m mypy
+	$(PY) -m pytest -ra
+
+unit: venv
+	$(PY) -m pytest -ra -m 'not integration and not docker'
+
+demo: deps venv
+	$(PY) demo/demo.py
+
+bench: deps venv
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache

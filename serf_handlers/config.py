@@ -1,0 +1,202 @@
+"""The YAML configuration: find it, read it (cached), validate all of it, build the dispatcher.
+
+Validation happens in full before any handler runs, and every message names the file,
+the place (`handlers[1].role`) and the problem.
+
+PyYAML is slow to import compared with a Python start, and Serf starts a process per
+event, so the parsed file is cached (with `marshal`) keyed by the file's exact bytes:
+YAML is only imported when the file changed.
+"""
+
+from __future__ import annotations
+
+import marshal
+import os
+from typing import Any, Mapping, NamedTuple
+
+from . import _log
+from .dispatch import Dispatcher, validate_selector
+from .errors import ConfigError
+from .plugins import make_handler
+
+DEFAULT_PATH = "/etc/serf-handlers/config.yml"
+_CACHE_FORMAT = 1
+_LOG_KEYS = {"level", "format", "file"}
+_TOP_KEYS = {"log", "handlers"}
+_DEFAULT_HANDLERS: tuple[Mapping[str, object], ...] = ({"type": "log"},)
+
+
+class HandlerSpec(NamedTuple):
+    """One validated `handlers:` entry. `options` are the keys the handler itself takes."""
+
+    where: str  # "handlers[1]", for messages
+    type: str
+    events: tuple[str, ...] | None  # None: the handler's default
+    role: str | None
+    role_set: bool  # False: the handler's default role applies
+    options: Mapping[str, Any]
+
+
+class Config(NamedTuple):
+    source: str  # the file, or "(built-in default)"
+    log_level: str = "info"
+    log_format: str = "text"
+    log_file: str | None = None
+    handlers: tuple[HandlerSpec, ...] = ()
+
+
+def find_config(cli_path: str | None, env: Mapping[str, str]) -> tuple[str, bool]:
+    """The config path to use, and whether it was asked for (so it must exist)."""
+    if cli_path:
+        return cli_path, True
+    if env.get("SERF_HANDLERS_CONFIG"):
+        return env["SERF_HANDLERS_CONFIG"], True
+    return DEFAULT_PATH, False
+
+
+def load_config(path: str, required: bool, cache_dir: str | None = None) -> Config:
+    """Read and validate the config file; a missing optional file means the defaults."""
+    try:
+        with open(path, "rb") as file:
+            source = file.read()
+    except FileNotFoundError:
+        if required:
+            raise ConfigError(f"{path}: config file not found") from None
+        return parse_config({}, "(built-in default)")
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file: {exc.strerror}") from None
+    return parse_config(_parse_yaml(path, source, cache_dir), path)
+
+
+def parse_config(data: object, source: str) -> Config:
+    """Validate already-parsed YAML data. Pure: no I/O, no imports of handlers."""
+    if data is None:
+        data = {}
+    mapping = _mapping(data, source, "the top level")
+    _no_unknown_keys(mapping, _TOP_KEYS, source, "")
+    log = _mapping(mapping.get("log") or {}, source, "log")
+    _no_unknown_keys(log, _LOG_KEYS, source, "log.")
+    level = _string(log.get("level", "info"), source, "log.level")
+    fmt = _string(log.get("format", "text"), source, "log.format")
+    file = log.get("file")
+    if file is not None:
+        file = _string(file, source, "log.file")
+    if level not in _log.LEVELS:
+        raise ConfigError(f"{source}: log.level: expected one of {', '.join(_log.LEVELS)}, got {level!r}")
+    if fmt not in _log.FORMATS:
+        raise ConfigError(f"{source}: log.format: expected one of {', '.join(_log.FORMATS)}, got {fmt!r}")
+    entries = mapping.get("handlers", _DEFAULT_HANDLERS)
+    if not isinstance(entries, (list, tuple)):
+        raise ConfigError(f"{source}: handlers: expected a list, got {_kind(entries)}")
+    specs = tuple(_handler_spec(entry, source, f"handlers[{i}]") for i, entry in enumerate(entries))
+    return Config(source, level, fmt, file, specs)
+
+
+def build_dispatcher(config: Config) -> Dispatcher:
+    """Import and create every configured handler, and register it."""
+    dispatcher = Dispatcher()
+    for spec in config.handlers:
+        handler = make_handler(spec.type, spec.options, f"{config.source}: {spec.where} ({spec.type})")
+        events = spec.events if spec.events is not None else getattr(handler, "default_events", ("*",))
+        role = spec.role if spec.role_set else getattr(handler, "default_role", None)
+        try:
+            dispatcher.register(handler, *events, role=role, name=f"{spec.type} ({spec.where})")
+        except ConfigError as exc:
+            raise ConfigError(f"{config.source}: {spec.where}.events: {exc}") from None
+    return dispatcher
+
+
+def _handler_spec(entry: object, source: str, where: str) -> HandlerSpec:
+    entry = _mapping(entry, source, where)
+    if "type" not in entry:
+        raise ConfigError(f"{source}: {where}.type: missing (a built-in name, module:attr, or a plugin name)")
+    kind = _string(entry["type"], source, f"{where}.type")
+    events = None
+    if "events" in entry:
+        raw = entry["events"]
+        if isinstance(raw, str):
+            raw = [raw]
+        if not isinstance(raw, list) or not raw:
+            raise ConfigError(f"{source}: {where}.events: expected a non-empty list of event selectors")
+        try:
+            events = tuple(validate_selector(_string(e, source, f"{where}.events")) for e in raw)
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {where}.events: {exc}") from None
+    role = entry.get("role")
+    if role is not None:
+        role = _string(role, source, f"{where}.role")
+    options = {k: v for k, v in entry.items() if k not in ("type", "events", "role")}
+    for key in options:
+        if not isinstance(key, str):
+            raise ConfigError(f"{source}: {where}: option names must be strings, got {key!r}")
+    return HandlerSpec(where, kind, events, role, "role" in entry, options)
+
+
+def _parse_yaml(path: str, source: bytes, cache_dir: str | None) -> object:
+    cache = _cache_path(path, cache_dir) if cache_dir else None
+    if cache:
+        try:
+            with open(cache, "rb") as file:
+                fmt, cached_source, data = marshal.load(file)
+            if fmt == _CACHE_FORMAT and cached_source == source:
+                return data
+        except (OSError, EOFError, ValueError, TypeError):
+            pass  # no usable cache entry: parse the YAML below and rewrite it
+    import yaml
+
+    try:
+        data = yaml.safe_load(source)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        place = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(f"{path}: {place}invalid YAML: {problem}".replace("\n", " ")) from None
+    if cache:
+        _write_cache(cache, source, data)
+    return data
+
+
+def _cache_path(path: str, cache_dir: str) -> str:
+    import zlib
+
+    real = os.path.realpath(path)
+    return os.path.join(cache_dir, f"config-{zlib.crc32(real.encode()):08x}.marshal")
+
+
+def _write_cache(cache: str, source: bytes, data: object) -> None:
+    try:
+        blob = marshal.dumps((_CACHE_FORMAT, source, data))  # type: ignore[arg-type]
+    except ValueError:
+        return  # YAML produced a type marshal cannot store (e.g. a date): just don't cache
+    tmp = f"{cache}.{os.getpid()}.tmp"
+    try:
+        os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as file:
+            file.write(blob)
+        os.replace(tmp, cache)
+    except OSError as exc:
+        # A read-only home directory only costs speed, never correctness.
+        _log.debug(f"config cache not written: {exc}", cache=cache)
+
+
+def _mapping(value: object, source: str, where: str) -> Mapping[Any, Any]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{source}: {where}: expected a mapping, got {_kind(value)}")
+    return value
+
+
+def _string(value: object, source: str, where: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{source}: {where}: expected a non-empty string, got {_kind(value)}")
+    return value
+
+
+def _no_unknown_keys(mapping: Mapping[Any, Any], allowed: set[str], source: str, prefix: str) -> None:
+    for key in mapping:
+        if key not in allowed:
+            raise ConfigError(f"{source}: {prefix}{key}: unknown key (expected one of {', '.join(sorted(allowed))})")
+
+
+def _kind(value: object) -> str:
+    return "nothing" if value is None else f"{type(value).__name__} {value!r}"[:80]

@@ -1,0 +1,243 @@
+"""Route one event to every handler registered for it, in registration order.
+
+Selectors use Serf's own filter vocabulary (`member-join`, `user:deploy`, `query`, `*`),
+so a handler's `events` read exactly like an `-event-handler` filter.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import IO, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence, TypeVar, Union
+
+from . import _log
+from .errors import ConfigError, EventError, ReplyTooLargeError, SerfHandlersError
+from .events import MEMBER_EVENTS, Event, Member, MemberEvent, Query, parse_event
+
+Reply = Union[str, bytes, None]
+
+
+class Handler(Protocol):
+    """A handler: any callable taking an event. A query handler's return value is the reply.
+
+    Serf re-delivers stale `member-update` events, so a handler must be idempotent:
+    applying the same event twice must change nothing the second time.
+    """
+
+    def __call__(self, event: Event, /) -> Reply: ...
+
+
+class Reconciler(Protocol):
+    """A handler that can also rebuild its whole state from the alive members."""
+
+    def __call__(self, event: Event, /) -> Reply: ...
+
+    def reconcile(self, members: Sequence[Member], /) -> None: ...
+
+
+H = TypeVar("H", bound=Callable[..., Reply])
+
+# Serf drops a query reply above query_response_size_limit (1024 bytes by default),
+# which includes the msgpack envelope (about 50 bytes) and the responding node's name.
+QUERY_REPLY_BUDGET = 960
+
+EXIT_OK, EXIT_HANDLER_FAILED, EXIT_BAD_INPUT = 0, 1, 2
+
+
+class Registration(NamedTuple):
+    name: str
+    handler: Callable[[Event], Reply]
+    events: tuple[str, ...]
+    role: str | None
+
+    def wants(self, event: Event) -> bool:
+        return "*" in self.events or event.type in self.events or (
+            not isinstance(event, MemberEvent) and f"{event.type}:{event.name}" in self.events
+        )
+
+
+class Outcome(NamedTuple):
+    failed: tuple[str, ...]  # names of the handlers that raised
+    reply: bytes  # the query reply (empty for other events, or when nothing replied)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_HANDLER_FAILED if self.failed else EXIT_OK
+
+
+def validate_selector(selector: str) -> str:
+    """Return `selector` if Serf's filter vocabulary allows it, else raise ConfigError."""
+    kind, colon, name = selector.partition(":")
+    if selector == "*" or (not colon and kind in MEMBER_EVENTS + ("user", "query")):
+        return selector
+    if colon and kind in ("user", "query") and name:
+        return selector
+    raise ConfigError(
+        f"unknown event selector {selector!r} (expected member-join, member-leave, member-failed, "
+        "member-update, member-reap, user, user:NAME, query, query:NAME or *)"
+    )
+
+
+def handler_name(handler: Callable[..., object]) -> str:
+    module = getattr(handler, "__module__", None) or "?"
+    qualname = getattr(handler, "__qualname__", None) or type(handler).__qualname__
+    return f"{module}.{qualname}"
+
+
+class Dispatcher:
+    """A registry of handlers, and the runner that feeds them one Serf event."""
+
+    def __init__(self) -> None:
+        self._registrations: list[Registration] = []
+
+    @property
+    def registrations(self) -> tuple[Registration, ...]:
+        return tuple(self._registrations)
+
+    def register(
+        self, handler: Callable[[Event], Reply], *events: str, role: str | None = None, name: str | None = None
+    ) -> None:
+        """Run `handler` for `events` (default: all), and only with members of `role`."""
+        selectors = tuple(validate_selector(selector) for selector in events) or ("*",)
+        self._registrations.append(Registration(name or handler_name(handler), handler, selectors, role))
+
+    def on(self, *events: str, role: str | None = None) -> Callable[[H], H]:
+        """Decorator form of `register`; returns the function unchanged."""
+
+        def decorator(handler: H) -> H:
+            self.register(handler, *events, role=role)
+            return handler
+
+        return decorator
+
+    def matching(self, event: Event) -> list[tuple[Registration, Event]]:
+        """The registrations that run for `event`, each with the event as it will see it."""
+        matches: list[tuple[Registration, Event]] = []
+        for registration in self._registrations:
+            if not registration.wants(event):
+                continue
+            if isinstance(event, MemberEvent) and registration.role is not None:
+                members = tuple(m for m in event.members if m.role == registration.role)
+                if not members:
+                    continue
+                matches.append((registration, event._replace(members=members)))
+            else:
+                matches.append((registration, event))
+        return matches
+
+    def dispatch(self, event: Event) -> Outcome:
+        """Run every matching handler; a failing one is logged and the others still run."""
+        failed: list[str] = []
+        replies: list[bytes] = []
+        for registration, seen in self.matching(event):
+            try:
+                reply = registration.handler(seen)
+            except Exception as exc:  # noqa: BLE001 - one broken handler must not stop the rest
+                _log.exception(f"handler {registration.name} failed: {_describe(exc)}", exc, handler=registration.name)
+                failed.append(registration.name)
+                continue
+            if isinstance(event, Query) and reply is not None:
+                replies.append(reply.encode("utf-8") if isinstance(reply, str) else bytes(reply))
+        reply = b"".join(replies)
+        if isinstance(event, Query):
+            budget = QUERY_REPLY_BUDGET - len(event.node.name.encode("utf-8"))
+            if len(reply) > budget:
+                error = ReplyTooLargeError(
+                    f"query {event.name!r}: reply is {len(reply)} bytes, over Serf's limit of {budget} "
+                    "(query_response_size_limit 1024 minus envelope and node name); no reply sent"
+                )
+                _log.error(str(error))
+                return Outcome(tuple(failed) + ("<query reply>",), b"")
+        return Outcome(tuple(failed), reply)
+
+    def reconcile(self, members: Sequence[Member]) -> Outcome:
+        """Hand the full list of alive members to every handler that can reconcile."""
+        failed: list[str] = []
+        for registration in self._registrations:
+            reconcile = getattr(registration.handler, "reconcile", None)
+            if reconcile is None or not _takes_member_events(registration.events):
+                continue
+            chosen = [m for m in members if registration.role is None or m.role == registration.role]
+            try:
+                reconcile(chosen)
+            except Exception as exc:  # noqa: BLE001 - same contract as dispatch
+                _log.exception(f"handler {registration.name} failed to reconcile: {_describe(exc)}", exc)
+                failed.append(registration.name)
+        return Outcome(tuple(failed), b"")
+
+    def run(
+        self,
+        env: Mapping[str, str] | None = None,
+        stdin: IO[bytes] | bytes | None = None,
+        stdout: IO[bytes] | None = None,
+    ) -> int:
+        """Parse the event from `env` and `stdin` (default: this process's), dispatch it,
+        write a query's reply to `stdout`, and return the exit code for Serf."""
+        env = os.environ if env is None else env
+        raw = _read_all(sys.stdin.buffer if stdin is None else stdin)
+        try:
+            event = parse_event(env, raw)
+        except EventError as exc:
+            _log.error_line(str(exc))
+            return EXIT_BAD_INPUT
+        if not isinstance(event, Query):
+            outcome = self.dispatch(event)
+        else:
+            # Serf sends the handler's stdout *and* stderr back as the reply, so nothing
+            # but the reply may reach either while handlers run.
+            with _log.quiet(), _silenced_fds(enabled=stdout is None):
+                outcome = self.dispatch(event)
+            if outcome.exit_code == EXIT_OK and outcome.reply:
+                out = sys.stdout.buffer if stdout is None else stdout
+                out.write(outcome.reply)
+                out.flush()
+        if outcome.failed:
+            # Serf sends no reply for a non-zero exit, so this line cannot corrupt one.
+            _log.error_line(f"{len(outcome.failed)} handler(s) failed: {', '.join(outcome.failed)}")
+        return outcome.exit_code
+
+
+def _takes_member_events(selectors: Iterable[str]) -> bool:
+    return any(s == "*" or s in MEMBER_EVENTS for s in selectors)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, SerfHandlersError):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _read_all(stdin: IO[bytes] | bytes) -> bytes:
+    return stdin if isinstance(stdin, bytes) else stdin.read()
+
+
+class _silenced_fds:
+    """Point file descriptors 1 and 2 at /dev/null, so even a handler's print(),
+    a warning or a C library cannot leak into a query reply; restore them on exit."""
+
+    def __init__(self, enabled: bool) -> None:
+        self._enabled = enabled
+        self._saved: list[tuple[int, int]] = []
+
+    def __enter__(self) -> None:
+        if not self._enabled:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        try:
+            for fd in (1, 2):
+                self._saved.append((fd, os.dup(fd)))
+                os.dup2(devnull, fd)
+        finally:
+            os.close(devnull)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._saved:
+            return
+        sys.stdout.flush()
+        sys.stderr.flush()
+        for fd, saved in self._saved:
+            os.dup2(saved, fd)
+            os.close(saved)
+        self._saved.clear()
