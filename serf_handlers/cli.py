@@ -24,7 +24,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config(*find_config(args.config, env), cache_dir=_cache_dir(env))
         quiet_query = args.command is None and env.get("SERF_EVENT") == "query"
         # A query's stderr is its reply: never configure an stderr log for one.
-        _log.configure(config.log_level, config.log_format, config.log_file, debug=args.debug and not quiet_query)
+        try:
+            _log.configure(config.log_level, config.log_format, config.log_file, debug=args.debug and not quiet_query)
+        except ConfigError as exc:
+            raise ConfigError(f"{config.source}: {exc}") from None
         dispatcher = build_dispatcher(config)
         command: Callable[[argparse.Namespace, Config, Dispatcher, Mapping[str, str]], int]
         command = _COMMANDS[args.command or "handle"]
