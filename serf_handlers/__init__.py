@@ -1,6 +1,8 @@
 """serf-handlers: turn Serf membership events into infrastructure changes."""
 
-from .dispatch import Dispatcher, Handler, Reconciler
+from typing import TYPE_CHECKING
+
+from .dispatch import Dispatcher
 from .errors import (
     ConfigError,
     EventError,
@@ -12,7 +14,20 @@ from .errors import (
 )
 from .events import Event, Member, MemberEvent, Node, Query, UserEvent, parse_event
 
+if TYPE_CHECKING:
+    from .protocols import Handler, Reconciler
+
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> object:
+    # The Protocols are for type checkers and plugin authors; Serf starts a process
+    # per event, so they are only created when someone asks for them.
+    if name in ("Handler", "Reconciler"):
+        from . import protocols
+
+        return getattr(protocols, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "ConfigError",

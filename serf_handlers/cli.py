@@ -6,10 +6,13 @@ Exit codes: 0 ok, 1 a handler failed, 2 bad input or configuration.
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from typing import Callable, Mapping, Sequence
+from types import SimpleNamespace
+from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+
+if TYPE_CHECKING:
+    import argparse
 
 from . import __version__, _log
 from .config import Config, build_dispatcher, find_config, load_config
@@ -18,7 +21,8 @@ from .errors import ConfigError, SerfHandlersError
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = _event_args(argv) or _parser().parse_args(argv, namespace=SimpleNamespace())
     env = os.environ
     try:
         config = load_config(*find_config(args.config, env), cache_dir=_cache_dir(env))
@@ -29,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as exc:
             raise ConfigError(f"{config.source}: {exc}") from None
         dispatcher = build_dispatcher(config)
-        command: Callable[[argparse.Namespace, Config, Dispatcher, Mapping[str, str]], int]
+        command: Callable[[SimpleNamespace, Config, Dispatcher, Mapping[str, str]], int]
         command = _COMMANDS[args.command or "handle"]
         return command(args, config, dispatcher, env)
     except ConfigError as exc:
@@ -38,11 +42,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(str(exc), EXIT_HANDLER_FAILED, args.debug)
 
 
-def _handle(args: argparse.Namespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
+def _handle(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
     return dispatcher.run(env, sys.stdin.buffer)
 
 
-def _check(args: argparse.Namespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
+def _check(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
     print(f"config: {config.source}")
     print(f"log: level={config.log_level} format={config.log_format} file={config.log_file or 'stderr'}")
     if not dispatcher.registrations:
@@ -53,7 +57,7 @@ def _check(args: argparse.Namespace, config: Config, dispatcher: Dispatcher, env
     return EXIT_OK
 
 
-def _reconcile(args: argparse.Namespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
+def _reconcile(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
     from .members import alive_members
 
     rpc_addr = args.rpc_addr or env.get("SERF_RPC_ADDR")
@@ -66,7 +70,7 @@ def _reconcile(args: argparse.Namespace, config: Config, dispatcher: Dispatcher,
     return EXIT_HANDLER_FAILED if outcome.failed or skipped else EXIT_OK
 
 
-def _status(args: argparse.Namespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
+def _status(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
     reporters = [(r.name, r.handler.status) for r in dispatcher.registrations if hasattr(r.handler, "status")]
     if not reporters:
         raise ConfigError(f"{config.source}: no configured handler reports a status (configure a haproxy handler)")
@@ -76,7 +80,7 @@ def _status(args: argparse.Namespace, config: Config, dispatcher: Dispatcher, en
     return EXIT_OK
 
 
-def _render(args: argparse.Namespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
+def _render(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
     renderers = [(r.name, r.handler.render) for r in dispatcher.registrations if hasattr(r.handler, "render")]
     if not renderers:
         raise ConfigError(f"{config.source}: no configured handler renders a config (configure a haproxy handler)")
@@ -89,6 +93,8 @@ _COMMANDS = {"handle": _handle, "check": _check, "reconcile": _reconcile, "statu
 
 
 def _parser() -> argparse.ArgumentParser:
+    import argparse
+
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--config",
@@ -115,6 +121,28 @@ def _parser() -> argparse.ArgumentParser:
     render = sub.add_parser("render", parents=[common], help="print the config for the current state")
     render.add_argument("--write", action="store_true", help="also install it (validated, atomically), no reload")
     return parser
+
+
+def _event_args(argv: Sequence[str]) -> SimpleNamespace | None:
+    """Parse the per-event command line (`[--config PATH] [--debug]`) without argparse.
+
+    Building the argparse parser costs more than the rest of a run (it imports shutil
+    and searches for gettext catalogues), and Serf pays it on every event. Anything
+    else, including every mistake, goes to argparse for its usual messages.
+    """
+    args = SimpleNamespace(config=None, debug=False, command=None)
+    rest = list(argv)
+    while rest:
+        arg = rest.pop(0)
+        if arg == "--debug":
+            args.debug = True
+        elif arg == "--config" and rest and not rest[0].startswith("-"):
+            args.config = rest.pop(0)
+        elif arg.startswith("--config=") and len(arg) > 9:
+            args.config = arg[9:]
+        else:
+            return None
+    return args
 
 
 def _cache_dir(env: Mapping[str, str]) -> str | None:

@@ -8,31 +8,13 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, Callable, Iterable, Mapping, NamedTuple, Protocol, Sequence, TypeVar, Union
+from typing import IO, Callable, Iterable, Mapping, NamedTuple, Sequence, TypeVar, Union
 
 from . import _log
 from .errors import ConfigError, EventError, ReplyTooLargeError, SerfHandlersError
 from .events import MEMBER_EVENTS, Event, Member, MemberEvent, Query, parse_event
 
 Reply = Union[str, bytes, None]
-
-
-class Handler(Protocol):
-    """A handler: any callable taking an event. A query handler's return value is the reply.
-
-    Serf re-delivers stale `member-update` events, so a handler must be idempotent:
-    applying the same event twice must change nothing the second time.
-    """
-
-    def __call__(self, event: Event, /) -> Reply: ...
-
-
-class Reconciler(Protocol):
-    """A handler that can also rebuild its whole state from the alive members."""
-
-    def __call__(self, event: Event, /) -> Reply: ...
-
-    def reconcile(self, members: Sequence[Member], /) -> None: ...
 
 
 H = TypeVar("H", bound=Callable[..., Reply])

@@ -11,7 +11,6 @@ NamedTuples rather than dataclasses: Serf starts a process per event, and import
 
 from __future__ import annotations
 
-import ipaddress
 from types import MappingProxyType
 from typing import Literal, Mapping, NamedTuple, Union
 
@@ -124,10 +123,22 @@ def parse_addr(text: str, where: str) -> str:
     # is free text that has no business in a generated config.
     if "%" in text:
         raise EventError(f"{where}: invalid IP address {text!r} (zone ids are not accepted)")
+    if _is_canonical_ipv4(text):
+        return text
+    import ipaddress  # only for IPv6 and oddities: importing it costs ~15% of a Python start
+
     try:
         return str(ipaddress.ip_address(text))
     except ValueError:
         raise EventError(f"{where}: invalid IP address {text!r}") from None
+
+
+def _is_canonical_ipv4(text: str) -> bool:
+    # Serf sends dotted quads; this accepts exactly what ipaddress would print back.
+    parts = text.split(".")
+    return len(parts) == 4 and all(
+        p.isascii() and p.isdigit() and len(p) <= 3 and int(p) < 256 and str(int(p)) == p for p in parts
+    )
 
 
 def parse_tags(text: str, where: str = "tags") -> Mapping[str, str]:
