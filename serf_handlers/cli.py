@@ -95,31 +95,39 @@ _COMMANDS = {"handle": _handle, "check": _check, "reconcile": _reconcile, "statu
 def _parser() -> argparse.ArgumentParser:
     import argparse
 
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config",
-        metavar="PATH",
-        default=argparse.SUPPRESS,
-        help="config file (default: $SERF_HANDLERS_CONFIG, else /etc/serf-handlers/config.yml)",
-    )
-    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    def add_common(parser: argparse.ArgumentParser, top: bool) -> None:
+        # Accepted before and after the subcommand; after it, only overrides when given.
+        parser.add_argument(
+            "--config",
+            metavar="PATH",
+            default=None if top else argparse.SUPPRESS,
+            help="config file (default: $SERF_HANDLERS_CONFIG, else /etc/serf-handlers/config.yml)",
+        )
+        parser.add_argument(
+            "--debug", action="store_true", default=False if top else argparse.SUPPRESS, help="show tracebacks"
+        )
+
     parser = argparse.ArgumentParser(
         prog="serf-handle",
-        parents=[common],
         description="Handle one Serf event (run by `serf agent -event-handler`), or manage the handlers.",
     )
-    parser.set_defaults(config=None, debug=False, command=None)
+    add_common(parser, True)
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    sub.add_parser("check", parents=[common], help="validate the config and list which handler runs for what")
-    reconcile = sub.add_parser(
-        "reconcile", parents=[common], help="rebuild handler state from `serf members` (alive members only)"
-    )
-    reconcile.add_argument("--rpc-addr", help="Serf RPC address (default: $SERF_RPC_ADDR, else 127.0.0.1:7373)")
-    reconcile.add_argument("--rpc-auth", help="Serf RPC auth key (default: $SERF_RPC_AUTH)")
-    sub.add_parser("status", parents=[common], help="print the current backends and servers")
-    render = sub.add_parser("render", parents=[common], help="print the config for the current state")
-    render.add_argument("--write", action="store_true", help="also install it (validated, atomically), no reload")
+    commands = {
+        "check": "validate the config and list which handler runs for what",
+        "reconcile": "rebuild handler state from `serf members` (alive members only)",
+        "status": "print the current backends and servers",
+        "render": "print the config for the current state",
+    }
+    for name, help in commands.items():
+        command = sub.add_parser(name, help=help, description=help)
+        add_common(command, False)
+        if name == "reconcile":
+            command.add_argument("--rpc-addr", help="Serf RPC address (default: $SERF_RPC_ADDR, else 127.0.0.1:7373)")
+            command.add_argument("--rpc-auth", help="Serf RPC auth key (default: $SERF_RPC_AUTH)")
+        if name == "render":
+            command.add_argument("--write", action="store_true", help="also install it (validated, atomically), no reload")
     return parser
 
 

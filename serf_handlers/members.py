@@ -34,7 +34,9 @@ def alive_members(
     except subprocess.TimeoutExpired:
         raise SerfRPCError(f"'serf members' did not answer within {timeout:g} s") from None
     if done.returncode != 0:
-        detail = done.stderr.decode("utf-8", "replace").strip().replace("\n", " ") or f"exit {done.returncode}"
+        # serf prints its errors on stdout ("Error connecting to Serf agent: ...").
+        output = (done.stderr + done.stdout).decode("utf-8", "replace").strip()
+        detail = " ".join(output.split())[:300] or f"exit {done.returncode}"
         raise SerfRPCError(f"'serf members' failed: {detail}")
     return parse_members_json(done.stdout)
 

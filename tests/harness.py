@@ -89,8 +89,11 @@ class Agent:
         join: "Agent | None" = None,
         handler: str | None = None,
         env: dict[str, str] | None = None,
+        extra: Sequence[str] = (),
+        rpc_auth: str | None = None,
     ) -> None:
         self.name = name
+        self.rpc_auth = rpc_auth
         self.bind = free_port()
         self.rpc = f"127.0.0.1:{free_port()}"
         argv = ["serf", "agent", "-node", name, "-bind", f"127.0.0.1:{self.bind}", "-rpc-addr", self.rpc]
@@ -101,6 +104,7 @@ class Agent:
             argv += ["-join", f"127.0.0.1:{join.bind}"]
         if handler is not None:
             argv += ["-event-handler", handler]
+        argv += list(extra)
         self.procs = procs
         self.proc = procs.start(f"serf-{name}".replace(" ", "_").replace("/", "_"), argv, env={**os.environ, **(env or {})})
         wait_until(self._answers, timeout=10, what=f"serf agent {name} RPC")
@@ -109,8 +113,9 @@ class Agent:
         return self.serf("members", check=False).returncode == 0
 
     def serf(self, *args: str, check: bool = True, timeout: float = 15) -> subprocess.CompletedProcess[str]:
+        auth = [f"-rpc-auth={self.rpc_auth}"] if self.rpc_auth else []
         return subprocess.run(
-            ["serf", args[0], f"-rpc-addr={self.rpc}", *args[1:]],
+            ["serf", args[0], f"-rpc-addr={self.rpc}", *auth, *args[1:]],
             capture_output=True, text=True, timeout=timeout, check=check,
         )
 

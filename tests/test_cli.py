@@ -234,3 +234,32 @@ def test_python_dash_m_works(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "serf_handlers", "--version"], capture_output=True, timeout=30)
     assert done.returncode == 0
     assert done.stdout.decode().startswith("serf-handle ")
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["--config", "{path}", "check"], id="config before the subcommand"),
+        pytest.param(["check", "--config", "{path}"], id="config after the subcommand"),
+        pytest.param(["--config={path}", "check"], id="config with ="),
+    ],
+)
+def test_config_option_anywhere(run, tmp_path: Path, argv: list[str]) -> None:
+    path = write(tmp_path, "handlers: []\n")
+    code, out, _ = run([arg.format(path=path) for arg in argv])
+    assert code == 0
+    assert f"config: {path}" in out
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        pytest.param(["--config"], id="config without a path"),
+        pytest.param(["--bogus"], id="unknown option"),
+        pytest.param(["frobnicate"], id="unknown subcommand"),
+    ],
+)
+def test_bad_command_line_exits_2(run, argv: list[str]) -> None:
+    with pytest.raises(SystemExit) as info:
+        run(argv)
+    assert info.value.code == 2
