@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 from types import MappingProxyType
-from typing import Sequence
 
 from .errors import EventError, SerfRPCError
 from .events import Member, parse_addr
@@ -82,7 +81,3 @@ def _member(raw: object, where: str) -> Member | None:
     host = addr.rpartition(":")[0] if addr.count(":") == 1 or addr.startswith("[") else addr
     host = host.removeprefix("[").removesuffix("]")
     return Member(name, parse_addr(host, where), tags.get("role", ""), MappingProxyType(dict(tags)))
-
-
-def describe(members: Sequence[Member]) -> str:
-    return ", ".join(sorted(m.name for m in members)) or "(none)"
