@@ -1,0 +1,44 @@
+#!/bin/bash
+# Load-balancer entrypoint: install the handler config, render a valid haproxy.cfg for
+# the current state (an empty backend on a fresh container), then hand over to
+# supervisord, which runs haproxy, the serf agent and the one-shot reconcile.
+#
+#   LB_PORT               port HAProxy listens on (default 80)
+#   SERF_HANDLERS_CONFIG  handler config (default /etc/serf-handlers/config.yml, which
+#                         this script writes; point it elsewhere to use your own file)
+# The SERF_* variables are read by /usr/local/bin/serf-agent.
+set -euo pipefail
+umask 022
+
+die() { echo "docker-entrypoint: $*" >&2; exit 2; }
+
+default_config=/etc/serf-handlers/config.yml
+config=${SERF_HANDLERS_CONFIG:-$default_config}
+export SERF_HANDLERS_CONFIG=$config
+
+LB_PORT=${LB_PORT:-80}
+[[ $LB_PORT =~ ^[0-9]{1,5}$ ]] && ((10#$LB_PORT >= 1 && 10#$LB_PORT <= 65535)) ||
+    die "LB_PORT must be a TCP port number, got '$LB_PORT'"
+port=$((10#$LB_PORT))
+
+if [[ $config == "$default_config" ]]; then
+    tmp=$(mktemp /etc/serf-handlers/.config.yml.XXXXXX)
+    sed "s/@LB_PORT@/$port/g" /usr/local/share/serf-handlers/config.yml.in >"$tmp"
+    chmod 0644 "$tmp"
+    mv -f "$tmp" "$default_config"
+elif [[ ! -r $config ]]; then
+    die "SERF_HANDLERS_CONFIG=$config: no such readable file"
+fi
+
+# The admin socket's directory (the master binds it as root before the workers drop
+# to user haproxy) and the handler's state, readable by root only.
+install -d -m 0755 /run/haproxy
+install -d -m 0750 /var/lib/serf-handlers
+
+if [[ $# -gt 0 ]]; then
+    exec "$@"
+fi
+
+serf-handle render --config "$config" --write >/dev/null
+/usr/sbin/haproxy -c -q -f /etc/haproxy/haproxy.cfg
+exec /usr/bin/supervisord -n -c /etc/supervisor/supervisord.conf

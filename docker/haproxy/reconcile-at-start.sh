@@ -1,0 +1,29 @@
+#!/bin/bash
+# One-shot (supervisord program serf-reconcile): wait until the local agent answers
+# and has joined, then rebuild the HAProxy servers from `serf members`.
+#   SERF_RECONCILE_WAIT  seconds to wait for peers before reconciling anyway (default 20)
+set -uo pipefail
+
+wait_max=${SERF_RECONCILE_WAIT:-20}
+[[ $wait_max =~ ^[0-9]+$ ]] || wait_max=20
+deadline=$((SECONDS + 60))
+until serf members >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then
+        echo "serf-reconcile: the serf agent did not answer within 60 s" >&2
+        exit 1
+    fi
+    sleep 0.5
+done
+
+# Joining a cluster (SERF_JOIN, or a rejoin from the snapshot) takes a moment; a
+# reconcile before it would see only this node. A lone load balancer reconciles anyway.
+deadline=$((SECONDS + wait_max))
+while ((SECONDS < deadline)); do
+    count=$(serf members -status alive | wc -l)
+    ((count > 1)) && break
+    sleep 1
+done
+# Let the join settle (member events are coalesced for about 1 s).
+sleep 1
+
+exec serf-handle reconcile --config "${SERF_HANDLERS_CONFIG:-/etc/serf-handlers/config.yml}"
