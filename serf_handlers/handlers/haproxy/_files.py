@@ -1,0 +1,101 @@
+"""Atomic file writes and the state lock.
+
+A reader (HAProxy, a concurrent `serf-handle`) must only ever see a complete old file or a
+complete new one, so every write goes to a temporary file in the same directory, is
+fsynced, optionally validated, renamed over the target, and the directory is fsynced so
+the rename survives a crash.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Callable
+
+from ...errors import HandlerError
+
+
+def write_atomic(path: str, data: bytes, mode: int, validate: Callable[[str], None] | None = None) -> None:
+    """Replace `path` with `data`. If `validate(candidate)` raises, `path` is left untouched."""
+    directory = os.path.dirname(os.path.abspath(path))
+    candidate = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+    try:
+        try:
+            os.fchmod(fd, mode)  # the umask may have narrowed it
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if validate is not None:
+            validate(candidate)
+        os.replace(candidate, path)
+    except BaseException:
+        try:
+            os.unlink(candidate)
+        except OSError:
+            pass
+        raise
+    fsync_dir(directory)
+
+
+def fsync_dir(directory: str) -> None:
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_bytes(path: str) -> bytes | None:
+    """The file's bytes, or None when it does not exist."""
+    try:
+        with open(path, "rb") as file:
+            return file.read()
+    except FileNotFoundError:
+        return None
+
+
+class Lock:
+    """An exclusive `flock` on a separate lock file, held for a whole read-modify-write.
+
+    A separate file, because the state file itself is replaced by rename: a lock on the
+    old inode would not exclude a process that opened the new one.
+    """
+
+    def __init__(self, path: str, timeout: float = 60.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._fd = -1
+
+    def __enter__(self) -> "Lock":
+        import fcntl
+
+        directory = os.path.dirname(os.path.abspath(self.path))
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            # Poll rather than block: a stuck holder must not hang every later Serf event.
+            deadline = time.monotonic() + self.timeout
+            while True:
+                try:
+                    fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() > deadline:
+                        raise HandlerError(
+                            f"{self.path}: still locked by another serf-handle after {self.timeout:g} s"
+                        ) from None
+                    time.sleep(0.01)
+        except BaseException:
+            os.close(self._fd)
+            self._fd = -1
+            raise
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = -1

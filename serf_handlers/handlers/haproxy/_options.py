@@ -1,0 +1,107 @@
+"""The `haproxy` handler's options, validated in full before any event is handled."""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, NamedTuple, TypeGuard
+
+from ...errors import ConfigError
+from ._servers import is_token
+
+DEFAULT_CONFIG = "/etc/haproxy/haproxy.cfg"
+DEFAULT_STATE = "/var/lib/serf-handlers/haproxy.json"
+DEFAULT_SOCKET = "/run/haproxy/admin.sock"
+ON_FAILED = ("remove", "maint")
+# Template variables the handler itself provides; `vars` may not shadow them.
+RESERVED_VARS = frozenset({"backends", "servers", "default_backend"})
+
+
+class Options(NamedTuple):
+    port: int
+    backend: str
+    config: str
+    template: str | None  # None: the built-in template
+    vars: Mapping[str, Any]
+    state: str
+    check: bool
+    haproxy: str
+    reload: tuple[str, ...] | None
+    socket: str | None
+    on_failed: str
+    query: str
+
+
+def parse(
+    port: object = 80,
+    backend: object = "web",
+    config: object = DEFAULT_CONFIG,
+    template: object = None,
+    vars: object = None,
+    state: object = DEFAULT_STATE,
+    check: object = True,
+    haproxy: object = "haproxy",
+    reload: object = None,
+    socket: object = None,
+    on_failed: object = "remove",
+    query: object = "backends",
+) -> Options:
+    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
+        raise ConfigError(f"port: expected an integer from 1 to 65535, got {port!r}")
+    if not is_token(backend):
+        raise ConfigError(f"backend: expected 1-63 characters of A-Z a-z 0-9 _ . -, got {backend!r}")
+    config = _path(config, "config")
+    if template is not None:
+        template = _path(template, "template")
+        if not os.path.isfile(template):
+            raise ConfigError(f"template: {template}: no such file")
+    if vars is None:
+        vars = {}
+    if not isinstance(vars, dict):
+        raise ConfigError(f"vars: expected a mapping, got {type(vars).__name__}")
+    for key in vars:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ConfigError(f"vars: {key!r}: a variable name must be an identifier")
+        if key in RESERVED_VARS:
+            raise ConfigError(f"vars.{key}: reserved: the handler provides it")
+    for key in ("socket", "server_state_file", "user", "group"):
+        if key in vars and not _is_word(vars[key]):
+            raise ConfigError(f"vars.{key}: expected a non-empty word without spaces, quotes or '#'")
+    if "bind" in vars and not _is_line(vars["bind"]):
+        raise ConfigError("vars.bind: expected a non-empty, single-line string without '#' (e.g. '*:80')")
+    state = _path(state, "state")
+    if not isinstance(check, bool):
+        raise ConfigError(f"check: expected true or false, got {check!r}")
+    haproxy = _path(haproxy, "haproxy")
+    if reload is not None:
+        if isinstance(reload, str):
+            raise ConfigError("reload: expected an argv list such as [kill, -USR2, '1234'], not a shell string")
+        if not isinstance(reload, list) or not reload or not all(isinstance(a, str) and a for a in reload):
+            raise ConfigError(f"reload: expected a non-empty list of non-empty strings, got {reload!r}")
+        reload = tuple(reload)
+    if socket is not None:
+        socket = _path(socket, "socket")
+    if on_failed not in ON_FAILED:
+        raise ConfigError(f"on_failed: expected one of {', '.join(ON_FAILED)}, got {on_failed!r}")
+    if not isinstance(query, str) or not query or not _is_word(query) or "," in query:
+        raise ConfigError(f"query: expected a query name (no spaces or commas), got {query!r}")
+    return Options(port, backend, config, template, dict(vars), state, check, haproxy, reload, socket, on_failed, query)
+
+
+def _path(value: object, option: str) -> str:
+    # Paths can end up inside haproxy.cfg (socket, server-state-file next to the config).
+    if not _is_word(value):
+        raise ConfigError(f"{option}: expected a non-empty path without spaces, quotes or '#', got {value!r}")
+    return value
+
+
+def _is_line(value: object) -> TypeGuard[str]:
+    return isinstance(value, str) and bool(value.strip()) and value.isprintable() and "#" not in value
+
+
+def _is_word(value: object) -> TypeGuard[str]:
+    return (
+        isinstance(value, str)
+        and bool(value)
+        and value.isprintable()
+        and not any(c.isspace() or c in "\"'#\\" for c in value)
+    )

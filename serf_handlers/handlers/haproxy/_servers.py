@@ -1,0 +1,149 @@
+"""Serf members (untrusted network input) to HAProxy servers (safe to render).
+
+Everything that ends up in haproxy.cfg or in a runtime API command is either one of
+these validated values or comes from the operator's own configuration:
+- server and backend names use only `[A-Za-z0-9_.-]`;
+- addresses are canonical IPv4/IPv6 text; ports are integers 1..65535; weights 0..256.
+Tags are passed to templates untouched; the built-in template never renders them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any, Mapping, NamedTuple, TypeGuard
+
+SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+MAX_NAME = 63
+DEFAULT_WEIGHT = 1
+_HASH_SEP = "--"
+_HASH_LEN = 10
+_HEX = frozenset("0123456789abcdef")
+
+
+class Rejected(ValueError):
+    """A member (or stored entry) that cannot be rendered safely; the message names it."""
+
+
+class Server(NamedTuple):
+    """One HAProxy server, keyed in the state by its Serf node name."""
+
+    node: str  # the exact Serf node name (any text)
+    name: str  # the HAProxy server name derived from it (safe charset)
+    addr: str  # canonical IP
+    port: int
+    weight: int
+    backend: str  # safe charset
+    tags: Mapping[str, str]
+    maint: bool = False  # kept in maintenance (on_failed: maint)
+
+    @property
+    def address(self) -> str:
+        """`IP:PORT`, with the brackets HAProxy needs around an IPv6 address."""
+        return f"[{self.addr}]:{self.port}" if ":" in self.addr else f"{self.addr}:{self.port}"
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.backend, self.name)
+
+    @property
+    def path(self) -> str:
+        """`backend/server`, as runtime API commands name a server."""
+        return f"{self.backend}/{self.name}"
+
+
+def is_token(text: object) -> TypeGuard[str]:
+    """A name that can go anywhere in haproxy.cfg or a runtime command: 1..63 safe chars."""
+    return isinstance(text, str) and 0 < len(text) <= MAX_NAME and all(c in SAFE_CHARS for c in text)
+
+
+def server_name(node: str) -> str:
+    """The HAProxy server name for a Serf node name: deterministic and unique.
+
+    A clean, short name is used as it is. Anything else is sanitised, truncated, and
+    suffixed with `--` and 10 hex digits of the SHA-256 of the exact node name. A clean
+    name that already ends like such a suffix is suffixed too, so a node cannot take
+    the name another node's hashing produced.
+    """
+    if is_token(node) and not _looks_hashed(node):
+        return node
+    import hashlib  # only for unusual names: hashlib costs a few ms to import
+
+    digest = hashlib.sha256(node.encode("utf-8", "surrogatepass")).hexdigest()[:_HASH_LEN]
+    clean = "".join(c if c in SAFE_CHARS else "_" for c in node)
+    return f"{clean[: MAX_NAME - len(_HASH_SEP) - _HASH_LEN]}{_HASH_SEP}{digest}"
+
+
+def _looks_hashed(name: str) -> bool:
+    tail = name[-_HASH_LEN - len(_HASH_SEP) :]
+    return len(tail) == _HASH_LEN + len(_HASH_SEP) and tail.startswith(_HASH_SEP) and set(tail[2:]) <= _HEX
+
+
+def from_member(name: str, addr: str, tags: Mapping[str, str], default_port: int, default_backend: str) -> Server:
+    """Validate one member's data; raises Rejected naming the member and the bad value."""
+    where = f"member {name!r}"
+    port = _int_tag(tags, "port", default_port, 1, 65535, where)
+    weight = _int_tag(tags, "weight", DEFAULT_WEIGHT, 0, 256, where)
+    backend = tags.get("backend", default_backend)
+    if not is_token(backend):
+        raise Rejected(f"{where}: tag backend={backend!r} is not a valid backend name (1-63 of A-Z a-z 0-9 _ . -)")
+    return Server(name, server_name(name), _canonical_ip(addr, where), port, weight, backend, dict(tags))
+
+
+def _int_tag(tags: Mapping[str, str], key: str, default: int, low: int, high: int, where: str) -> int:
+    text = tags.get(key)
+    if text is None:
+        return default
+    if not (text.isascii() and text.isdigit() and len(text) <= 6) or not low <= int(text) <= high:
+        raise Rejected(f"{where}: tag {key}={text!r} is not an integer from {low} to {high}")
+    return int(text)
+
+
+def _canonical_ip(addr: object, where: str) -> str:
+    if not isinstance(addr, str) or "%" in addr:
+        raise Rejected(f"{where}: address {addr!r} is not an IP address")
+    try:
+        canonical = str(ipaddress.ip_address(addr))
+    except ValueError:
+        raise Rejected(f"{where}: address {addr!r} is not an IP address") from None
+    return canonical
+
+
+# --- the state file's form -------------------------------------------------------------
+
+
+def to_json(server: Server) -> dict[str, Any]:
+    return {
+        "name": server.name,
+        "addr": server.addr,
+        "port": server.port,
+        "weight": server.weight,
+        "backend": server.backend,
+        "tags": dict(server.tags),
+        "maint": server.maint,
+    }
+
+
+def from_json(node: str, raw: object) -> Server:
+    """Re-validate a stored entry: the state file is rendered too, so it is not trusted blindly."""
+    where = f"server for node {node!r}"
+    if not isinstance(raw, dict):
+        raise Rejected(f"{where}: not an object")
+    name, port, weight, backend = raw.get("name"), raw.get("port"), raw.get("weight"), raw.get("backend")
+    tags, maint = raw.get("tags", {}), raw.get("maint", False)
+    if not is_token(name):
+        raise Rejected(f"{where}: invalid server name {name!r}")
+    if not _is_int(port, 1, 65535):
+        raise Rejected(f"{where}: invalid port {port!r}")
+    if not _is_int(weight, 0, 256):
+        raise Rejected(f"{where}: invalid weight {weight!r}")
+    if not is_token(backend):
+        raise Rejected(f"{where}: invalid backend {backend!r}")
+    if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
+        raise Rejected(f"{where}: tags are not a string mapping")
+    if not isinstance(maint, bool):
+        raise Rejected(f"{where}: maint is not a boolean")
+    return Server(node, name, _canonical_ip(raw.get("addr"), where), port, weight, backend, tags, maint)
+
+
+def _is_int(value: object, low: int, high: int) -> TypeGuard[int]:
+    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high

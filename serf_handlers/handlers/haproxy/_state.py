@@ -1,0 +1,109 @@
+"""The handler's state file: which servers should exist, and which HAProxy runs.
+
+JSON, mode 0600, replaced atomically, read and written under an exclusive lock on
+`<state>.lock` (see `_files.Lock`). Its shape:
+
+    {"version": 1,
+     "servers": {NODE: {"name", "addr", "port", "weight", "backend", "tags", "maint"}},
+     "applied": {NODE: {...}} or null,
+     "pending": [[BACKEND, SERVER], ...]}
+
+- `servers`: the wanted servers, keyed by the exact Serf node name (the stable id).
+- `applied`: the servers the running HAProxy is known to have (last successful apply);
+  null when unknown. Runtime API changes are computed from `applied` to `servers`, so a
+  failed run is completed by the next one instead of being forgotten.
+- `pending`: servers removed from the config whose `del server` HAProxy refused because
+  connections were still open. They sit in maintenance; deletion is retried later.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any, Mapping, NamedTuple
+
+from ...errors import HandlerError
+from ._files import read_bytes, write_atomic
+from ._servers import Rejected, Server, from_json, to_json
+
+VERSION = 1
+
+
+class State(NamedTuple):
+    servers: Mapping[str, Server]
+    applied: Mapping[str, Server] | None
+    pending: tuple[tuple[str, str], ...] = ()
+    exists: bool = True  # False: there was no state file (a first run, or it was deleted)
+
+
+EMPTY = State({}, None, (), exists=False)
+
+
+class StateError(HandlerError):
+    """The state file exists but cannot be used; `serf-handle reconcile` rebuilds it."""
+
+
+def load(path: str) -> State:
+    raw = read_bytes(path)
+    if raw is None:
+        return EMPTY
+    import json
+
+    try:
+        data = json.loads(raw)
+    except ValueError as exc:
+        raise StateError(f"state file {path}: invalid JSON ({exc}); run `serf-handle reconcile`") from None
+    try:
+        return _parse(data)
+    except Rejected as exc:
+        raise StateError(f"state file {path}: {exc}; run `serf-handle reconcile`") from None
+
+
+def _parse(data: object) -> State:
+    if not isinstance(data, dict) or data.get("version") != VERSION:
+        raise Rejected(f"not a version {VERSION} state object")
+    servers = _servers(data.get("servers"), "servers")
+    applied = None if data.get("applied") is None else _servers(data["applied"], "applied")
+    pending = data.get("pending", [])
+    if not isinstance(pending, list) or not all(_is_key(item) for item in pending):
+        raise Rejected("pending: expected a list of [backend, server] pairs")
+    return State(servers, applied, tuple((b, s) for b, s in pending))
+
+
+def _servers(raw: object, where: str) -> dict[str, Server]:
+    if not isinstance(raw, dict):
+        raise Rejected(f"{where}: expected an object")
+    servers = {node: from_json(node, entry) for node, entry in raw.items()}
+    names = [s.name for s in servers.values()]
+    if len(set(names)) != len(names):
+        raise Rejected(f"{where}: two nodes have the same server name")
+    return servers
+
+
+def _is_key(item: object) -> bool:
+    from ._servers import is_token
+
+    return isinstance(item, list) and len(item) == 2 and is_token(item[0]) and is_token(item[1])
+
+
+def dumps(state: State) -> bytes:
+    import json
+
+    data: dict[str, Any] = {
+        "version": VERSION,
+        "servers": {node: to_json(s) for node, s in sorted(state.servers.items())},
+        "applied": None
+        if state.applied is None
+        else {node: to_json(s) for node, s in sorted(state.applied.items())},
+        "pending": [list(key) for key in sorted(set(state.pending))],
+    }
+    return (json.dumps(data, indent=1, ensure_ascii=True) + "\n").encode("ascii")
+
+
+def save(path: str, state: State) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), mode=0o700, exist_ok=True)
+    write_atomic(path, dumps(state), 0o600)
+
+
+def same(a: State, b: State) -> bool:
+    """Whether saving `b` over `a` would change nothing."""
+    return a.exists and (a.servers, a.applied, sorted(set(a.pending))) == (b.servers, b.applied, sorted(set(b.pending)))
