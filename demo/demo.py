@@ -1,12 +1,15 @@
 """`make demo`: a real Serf cluster on loopback, with serf-handle as its event handler.
 
-Part 1 shows every kind of Serf event reaching the log handler. Every process the demo
+Part 1 shows every kind of Serf event reaching the log handler. Part 2 runs HAProxy
+(master-worker) in front of nginx web nodes, each with its own serf agent, and shows the
+haproxy handler following them through HAProxy's runtime API. Every process the demo
 starts is stopped by PID at the end, also on Ctrl-C or failure.
 """
 
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 import tempfile
 import time
@@ -14,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from tests.harness import SERF_HANDLE, Agent, Processes, require, wait_until  # noqa: E402
+from tests.harness import SERF_HANDLE, Agent, LoadBalancer, Processes, bodies, require, wait_until  # noqa: E402
 
 
 def say(text: str) -> None:
@@ -47,6 +50,7 @@ class EventLog:
 
 
 def events_demo(procs: Processes, workdir: Path) -> None:
+    workdir.mkdir()
     log = workdir / "events.jsonl"
     config = workdir / "config.yml"
     config.write_text(
@@ -95,12 +99,57 @@ handlers:
     events.show_until("query", "status")
 
 
+def show_rotation(lb: LoadBalancer) -> set[str]:
+    seen = bodies(lb, 24)
+    print(f"   24 requests to 127.0.0.1:{lb.port} were answered by: {', '.join(sorted(seen))}")
+    return seen
+
+
+def haproxy_demo(procs: Processes) -> None:
+    say("HAProxy (master-worker) with an empty backend, and agent 'lb' running the haproxy handler")
+    lb = LoadBalancer(procs, live=True)
+    print(f"   handler config {lb.yml}:")
+    print("".join(f"     {line}\n" for line in lb.yml.read_text().splitlines()), end="")
+
+    say("three nginx web nodes join, each with its own serf agent (role=web, port=<its nginx>)")
+    for name in ("web1", "web2", "web3"):
+        lb.add_web(name, f"hello from {name}")
+    wait_until(lambda: bodies(lb, 12) == {"hello from web1", "hello from web2", "hello from web3"},
+               timeout=20, what="all three in rotation")
+    show_rotation(lb)
+
+    say("web2 leaves gracefully: drained, put in maintenance and deleted through the runtime API")
+    lb.webs["web2"].leave()
+    wait_until(lambda: "hello from web2" not in bodies(lb, 12), timeout=20, what="web2 out of rotation")
+    show_rotation(lb)
+
+    say("web4 joins and gets traffic")
+    lb.add_web("web4", "hello from web4")
+    wait_until(lambda: "hello from web4" in bodies(lb, 12), timeout=20, what="web4 in rotation")
+    show_rotation(lb)
+    print(f"   HAProxy reloads so far: {lb.reload_count()} (every change went through the runtime API)")
+
+    say("serf query -tag role=lb backends: every load balancer's view")
+    print(lb.agent.serf("query", "-tag", "role=lb", "backends").stdout.rstrip())
+
+    say(f"serf-handle status --config {lb.yml}")
+    print(subprocess.run([SERF_HANDLE, "status", "--config", str(lb.yml)], capture_output=True, text=True,
+                         timeout=30).stdout.rstrip())
+
+
 def main() -> int:
-    require("serf")
+    require("serf", "haproxy", "nginx")
     with tempfile.TemporaryDirectory(prefix="serf-handlers-demo-") as tmp:
         procs = Processes(Path(tmp))
         try:
-            events_demo(procs, Path(tmp))
+            events_demo(procs, Path(tmp) / "events")
+        finally:
+            say("stopping the first cluster")
+            procs.stop_all()
+        (Path(tmp) / "haproxy").mkdir()
+        procs = Processes(Path(tmp) / "haproxy")
+        try:
+            haproxy_demo(procs)
         finally:
             say("stopping every process the demo started")
             procs.stop_all()

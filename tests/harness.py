@@ -6,6 +6,8 @@ started (SIGINT first, so serf agents leave gracefully; SIGKILL if they linger).
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 import shutil
 import signal
@@ -121,8 +123,6 @@ class Agent:
 
     def alive_names(self) -> set[str]:
         out = self.serf("members", "-status", "alive", "-format", "json").stdout
-        import json
-
         return {m["name"] for m in json.loads(out)["members"] or []}
 
     def leave(self) -> None:
@@ -147,7 +147,7 @@ def require(*programs: str) -> None:
 
 def start_nginx(procs: Processes, name: str, port: int, body: str | None = None) -> subprocess.Popen[bytes]:
     """nginx in the foreground on 127.0.0.1:port, answering every request with `body`."""
-    root = procs.workdir / f"nginx-{name}"
+    root = procs.workdir / f"nginx-{port}"  # not the name: nginx.conf paths are unquoted
     root.mkdir(exist_ok=True)
     conf = root / "nginx.conf"
     text = body if body is not None else name
@@ -172,7 +172,7 @@ http {{
 }}
 """
     )
-    proc = procs.start(f"nginx-{name}", ["nginx", "-p", str(root), "-c", str(conf)])
+    proc = procs.start(f"nginx-{port}", ["nginx", "-p", str(root), "-c", str(conf)])
     wait_until(lambda: _connects(port), timeout=10, what=f"nginx {name} on port {port}")
     return proc
 
@@ -190,14 +190,91 @@ def _connects(port: int) -> bool:
         return False
 
 
-def http_get(port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, str]:
-    """One request over a fresh connection: (status, body)."""
-    import http.client
+# --- a load balancer: HAProxy (master-worker) + serf agent `lb` running serf-handle -----------
 
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+RELOAD_SCRIPT = (
+    "import os, signal, sys; open(sys.argv[1], 'a').write('reload\\n');"
+    "os.kill(int(open(sys.argv[2]).read().split()[0]), signal.SIGUSR2)"
+)
+
+
+class LoadBalancer:
+    """HAProxy plus a serf agent `lb` whose event handler is `serf-handle` with a haproxy handler."""
+
+    def __init__(self, procs: Processes, live: bool) -> None:
+        require("serf", "haproxy", "nginx")
+        self.procs = procs
+        d = procs.workdir
+        self.dir = d
+        self.config = d / "haproxy.cfg"
+        self.state = d / "state.json"
+        self.yml = d / "config.yml"
+        self.log = d / "handler.jsonl"
+        self.reloads = d / "reloads"
+        self.pidfile = d / "haproxy.pid"
+        self.socket = d / "admin.sock" if live else None
+        self.port = free_port()
+        self.template: Path | None = None
+        self.write_yml()
+        # As an image does: an empty but valid config first, so HAProxy starts before any member.
+        subprocess.run([SERF_HANDLE, "render", "--write", "--config", str(self.yml)], check=True, capture_output=True)
+        self.haproxy = start_haproxy(procs, self.config, self.pidfile)
+        wait_until(lambda: self.pidfile.exists() and self.pidfile.read_text().strip(), what="haproxy pidfile")
+        wait_until(lambda: get(self.port)[0] == 503, what="haproxy serving (no servers yet: 503)")
+        env = {"SERF_HANDLERS_CACHE_DIR": str(d / "cache")}
+        self.agent = Agent(procs, "lb", {"role": "lb"}, handler=f"{SERF_HANDLE} --config {self.yml}", env=env)
+        self.webs: dict[str, Agent] = {}
+
+    def write_yml(self, template: Path | None = None) -> None:
+        reload = [sys.executable, "-c", RELOAD_SCRIPT, str(self.reloads), str(self.pidfile)]
+        lines = [
+            f"log: {{level: info, format: json, file: {self.log}}}",
+            "handlers:",
+            "  - type: haproxy",
+            f"    config: {self.config}",
+            f"    state: {self.state}",
+            f"    haproxy: {shutil.which('haproxy')}",
+            f"    vars: {{bind: '127.0.0.1:{self.port}', socket: {self.dir / 'admin.sock'}}}",
+            f"    reload: {json.dumps(reload)}",
+        ]
+        if self.socket is not None:
+            lines.append(f"    socket: {self.socket}")
+        if template is not None:
+            lines.append(f"    template: {template}")
+        self.yml.write_text("\n".join(lines) + "\n")
+
+    def add_web(self, name: str, body: str, **tags: str) -> Agent:
+        """A web node: nginx answering `body`, and a serf agent with role=web and port=<nginx>."""
+        port = free_port()
+        start_nginx(self.procs, body, port, body)
+        agent = Agent(self.procs, name, {"role": "web", "port": str(port), **tags}, join=self.agent)
+        self.webs[name] = agent
+        return agent
+
+    def reload_count(self) -> int:
+        return len(self.reloads.read_text().splitlines()) if self.reloads.exists() else 0
+
+    def records(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
+
+    def state_nodes(self) -> set[str]:
+        return set(json.loads(self.state.read_text())["servers"]) if self.state.exists() else set()
+
+
+def get(port: int, host: str | None = None) -> tuple[int, str]:
+    """One request through a fresh connection: (status, body), or (0, '<error>')."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
     try:
-        conn.request("GET", path, headers={"Connection": "close"})
+        headers = {"Connection": "close", **({"Host": host} if host else {})}
+        conn.request("GET", "/", headers=headers)
         response = conn.getresponse()
-        return response.status, response.read().decode("utf-8", "replace")
+        return response.status, response.read().decode("utf-8", "replace").strip()
+    except OSError as exc:
+        return 0, f"<{type(exc).__name__}>"
     finally:
         conn.close()
+
+
+def bodies(lb: LoadBalancer, n: int = 24) -> set[str]:
+    """What `n` fresh requests through HAProxy got back (roundrobin: enough to see every server)."""
+    return {body if status == 200 else f"<{status}>" for status, body in (get(lb.port) for _ in range(n))}

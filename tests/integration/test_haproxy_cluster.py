@@ -14,9 +14,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -24,96 +22,9 @@ from typing import Iterator
 
 import pytest
 
-from tests.harness import SERF_HANDLE, Agent, Processes, free_port, require, start_haproxy, start_nginx, wait_until
+from tests.harness import SERF_HANDLE, LoadBalancer, Processes, bodies, free_port, start_nginx, wait_until
 
 pytestmark = pytest.mark.integration
-
-RELOAD_SCRIPT = (
-    "import os, signal, sys; open(sys.argv[1], 'a').write('reload\\n');"
-    "os.kill(int(open(sys.argv[2]).read().split()[0]), signal.SIGUSR2)"
-)
-
-
-class LoadBalancer:
-    """HAProxy plus a serf agent `lb` whose event handler is `serf-handle` with a haproxy handler."""
-
-    def __init__(self, procs: Processes, live: bool) -> None:
-        require("serf", "haproxy", "nginx")
-        self.procs = procs
-        d = procs.workdir
-        self.dir = d
-        self.config = d / "haproxy.cfg"
-        self.state = d / "state.json"
-        self.yml = d / "config.yml"
-        self.log = d / "handler.jsonl"
-        self.reloads = d / "reloads"
-        self.pidfile = d / "haproxy.pid"
-        self.socket = d / "admin.sock" if live else None
-        self.port = free_port()
-        self.template: Path | None = None
-        self.write_yml()
-        # As an image does: an empty but valid config first, so HAProxy starts before any member.
-        subprocess.run([SERF_HANDLE, "render", "--write", "--config", str(self.yml)], check=True, capture_output=True)
-        self.haproxy = start_haproxy(procs, self.config, self.pidfile)
-        wait_until(lambda: self.pidfile.exists() and self.pidfile.read_text().strip(), what="haproxy pidfile")
-        wait_until(lambda: _get(self.port)[0] == 503, what="haproxy serving (no servers yet: 503)")
-        env = {"SERF_HANDLERS_CACHE_DIR": str(d / "cache")}
-        self.agent = Agent(procs, "lb", {"role": "lb"}, handler=f"{SERF_HANDLE} --config {self.yml}", env=env)
-        self.webs: dict[str, Agent] = {}
-
-    def write_yml(self, template: Path | None = None) -> None:
-        reload = [sys.executable, "-c", RELOAD_SCRIPT, str(self.reloads), str(self.pidfile)]
-        lines = [
-            f"log: {{level: info, format: json, file: {self.log}}}",
-            "handlers:",
-            "  - type: haproxy",
-            f"    config: {self.config}",
-            f"    state: {self.state}",
-            f"    haproxy: {shutil.which('haproxy')}",
-            f"    vars: {{bind: '127.0.0.1:{self.port}', socket: {self.dir / 'admin.sock'}}}",
-            f"    reload: {json.dumps(reload)}",
-        ]
-        if self.socket is not None:
-            lines.append(f"    socket: {self.socket}")
-        if template is not None:
-            lines.append(f"    template: {template}")
-        self.yml.write_text("\n".join(lines) + "\n")
-
-    def add_web(self, name: str, body: str, **tags: str) -> Agent:
-        """A web node: nginx answering `body`, and a serf agent with role=web and port=<nginx>."""
-        port = free_port()
-        start_nginx(self.procs, body, port, body)
-        agent = Agent(self.procs, name, {"role": "web", "port": str(port), **tags}, join=self.agent)
-        self.webs[name] = agent
-        return agent
-
-    def reload_count(self) -> int:
-        return len(self.reloads.read_text().splitlines()) if self.reloads.exists() else 0
-
-    def records(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
-
-    def state_nodes(self) -> set[str]:
-        return set(json.loads(self.state.read_text())["servers"]) if self.state.exists() else set()
-
-
-def _get(port: int, host: str | None = None) -> tuple[int, str]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
-    try:
-        headers = {"Connection": "close", **({"Host": host} if host else {})}
-        conn.request("GET", "/", headers=headers)
-        response = conn.getresponse()
-        return response.status, response.read().decode("utf-8", "replace").strip()
-    except OSError as exc:
-        return 0, f"<{type(exc).__name__}>"
-    finally:
-        conn.close()
-
-
-def bodies(lb: LoadBalancer, n: int = 24) -> set[str]:
-    """What `n` fresh requests through HAProxy got back (roundrobin: enough to see every server)."""
-    return {body if status == 200 else f"<{status}>" for status, body in (_get(lb.port) for _ in range(n))}
-
 
 def _start(tmp_path_factory: pytest.TempPathFactory, name: str, live: bool) -> Iterator[LoadBalancer]:
     procs = Processes(tmp_path_factory.mktemp(name))
