@@ -1,0 +1,360 @@
+"""`make bench`: measure what users feel, and regenerate BENCHMARKS.md from the figures.
+
+    python bench/run.py                 all four sections (about 4 minutes on 2 cores)
+    python bench/run.py --only 2        one section (or --only 1,3); the others are kept
+    python bench/run.py --quick         fewer rounds, shorter runs; prints, writes nothing
+
+Sections: 1 per-event cost, 2 scale, 3 churn under load, 4 convergence.
+It reports and never asserts a target: a missed target is a figure in the report. It
+fails (exit 1) only when the benchmark itself could not run (e.g. a check that a timed
+event really changed HAProxy did not hold). Every process it starts is stopped by PID.
+The package is measured from a throwaway non-editable install made at the start of the
+run (the editable install's import hook would add to every start-up).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import churn  # noqa: E402
+import convergence  # noqa: E402
+import per_event  # noqa: E402
+import scale  # noqa: E402
+from procs import REPO, make_install, require, tempdir, tool_versions  # noqa: E402
+
+DOC = REPO / "BENCHMARKS.md"
+SECTIONS = ("1", "2", "3", "4")
+TITLES = {
+    "1": "1. Per-event cost",
+    "2": "2. Scale: 100, 1,000 and 10,000 members in one event",
+    "3": "3. Churn under load",
+    "4": "4. Convergence",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", action="append", default=None, metavar="N[,N]",
+                        help="run only these sections (1 per-event, 2 scale, 3 churn, 4 convergence)")
+    parser.add_argument("--quick", action="store_true", help="a fast smoke run; prints, does not write BENCHMARKS.md")
+    parser.add_argument("--no-write", action="store_true", help="print the results, do not touch BENCHMARKS.md")
+    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) for inspection")
+    args = parser.parse_args(argv)
+    only = sorted({s.strip() for item in (args.only or SECTIONS) for s in item.split(",") if s.strip()})
+    unknown = [s for s in only if s not in SECTIONS]
+    if unknown:
+        parser.error(f"unknown section(s) {unknown}: expected some of {', '.join(SECTIONS)}")
+    write = not (args.quick or args.no_write)
+    command = "make bench" if only == list(SECTIONS) and not args.quick else "python bench/run.py" + (
+        f" --only {','.join(only)}" if only != list(SECTIONS) else "") + (" --quick" if args.quick else "")
+
+    require("serf", "haproxy", "nginx", "wrk", "ruby")
+    began = time.monotonic()
+    root = tempdir("run")
+    failed = False
+    try:
+        print(f"bench: throwaway install of {REPO} in {root} ...", flush=True)
+        venv_bin = make_install(root / "install")
+        python = str(venv_bin / "python")
+        env_line = environment(python, command)
+        runners: dict[str, Callable[[Path], str]] = {
+            "1": lambda d: format_per_event(per_event.run(venv_bin, d, rounds=8 if args.quick else per_event.ROUNDS)),
+            "2": lambda d: format_scale(scale.run(venv_bin, d, rounds=2 if args.quick else scale.ROUNDS)),
+            "3": lambda d: format_churn(churn.run(venv_bin, d, runs=1 if args.quick else churn.RUNS,
+                                                  duration=8 if args.quick else churn.DURATION)),
+            "4": lambda d: format_convergence(convergence.run(venv_bin, d, reps=2 if args.quick else convergence.REPS)),
+        }
+        for section in only:
+            started = time.monotonic()
+            print(f"bench: section {TITLES[section]} ...", flush=True)
+            workdir = root / f"section{section}"
+            workdir.mkdir()
+            load = os.getloadavg()[0]
+            try:
+                body = runners[section](workdir)
+            except Exception as exc:  # noqa: BLE001 - report the failure in the document too
+                failed = True
+                traceback.print_exc()
+                body = f"**Not measured: the benchmark failed:** `{type(exc).__name__}: {exc}`\n"
+            elapsed = time.monotonic() - started
+            block = f"{env_line}, load average {load:.2f} at start, section took {elapsed:.0f} s.\n\n{body}"
+            print(f"\n## {TITLES[section]}\n\n{block}", flush=True)
+            if write:
+                update_doc(section, block)
+    finally:
+        if args.keep:
+            print(f"bench: kept {root}")
+        else:
+            shutil.rmtree(root, ignore_errors=True)
+    total = time.monotonic() - began
+    print(f"bench: done in {total:.0f} s" + (f"; {DOC.name} updated" if write else ""), flush=True)
+    return 1 if failed else 0
+
+
+# --- the document ------------------------------------------------------------------------
+
+
+def update_doc(section: str, block: str) -> None:
+    """Replace the generated block of one section, leaving the hand-written text alone."""
+    begin = f"<!-- BEGIN generated section {section} (bench/run.py) -->"
+    end = f"<!-- END generated section {section} -->"
+    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
+    generated = f"{begin}\n{block.rstrip()}\n{end}"
+    pattern = re.compile(re.escape(begin) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _: generated, text)
+    else:
+        text = text.rstrip() + f"\n\n## {TITLES[section]}\n\n{generated}\n"
+    DOC.write_text(text)
+
+
+def environment(python: str, command: str) -> str:
+    versions = tool_versions(python)
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip() or "unknown"
+    dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "serf_handlers", "setup.cfg"],
+                           capture_output=True, text=True).stdout.strip()
+    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    haproxy = re.sub(r"HAProxy version (\S+).*", r"\1", versions["haproxy"])
+    nginx = versions["nginx"].replace("nginx version: nginx/", "")
+    wrk = versions["wrk"].replace("wrk ", "")
+    ruby = " ".join(versions["ruby"].split()[:2])
+    return (
+        f"Measured {now} with `{command}`; `nproc` {nproc()}; "
+        f"{platform.system()} {platform.release()}; {versions['python']}, HAProxy {haproxy}, "
+        f"serf 0.9.4 (Debian's package; it prints 0.8.2-dev), nginx {nginx}, wrk {wrk}, {ruby}; "
+        f"commit {commit}{' plus uncommitted changes to the package' if dirty else ''}"
+    )
+
+
+def nproc() -> str:
+    return subprocess.run(["nproc"], capture_output=True, text=True).stdout.strip()
+
+
+def verdict(ok: bool) -> str:
+    return "**met**" if ok else "**missed**"
+
+
+def ms(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:.1f}"
+
+
+# --- section 1 ---------------------------------------------------------------------------
+
+
+def format_per_event(r: dict[str, Any]) -> str:
+    rows = {row[0]: row for row in r["rows"]}
+    out = [
+        f"Wall time of one run, median of {r['rounds']} interleaved rounds (after 3 warm-up rounds); "
+        "p25–p75 shows the spread.\n",
+        "| command | median ms | p25–p75 ms | × `python -c pass` |",
+        "|---|---:|---:|---:|",
+    ]
+    for label, med, low, high, ratio, _n in r["rows"]:
+        out.append(f"| {label} | {ms(med)} | {ms(low)}–{ms(high)} | {ratio:.2f}× |")
+    ruby = rows["Ruby seed handler"][1]
+    a, b, c = rows["(a) log handler"], rows["(b) haproxy, runtime API"], rows["(c) haproxy, reload (USR2)"]
+    out += [
+        "",
+        f"- (a) log handler: {a[4]:.2f}× `python -c pass` (target ≤ 2.5×: {verdict(a[4] <= 2.5)}); "
+        f"{ruby / a[1]:.2f}× faster than the Ruby seed handler ({verdict(a[1] < ruby)}).",
+        f"- (b) haproxy handler, runtime API: {b[4]:.2f}× `python -c pass` (target ≤ 5×: {verdict(b[4] <= 5)}); "
+        f"{ruby / b[1]:.2f}× the Ruby seed's speed (faster than Ruby: {verdict(b[1] < ruby)}).",
+        f"- (c) haproxy handler, reload mode: {c[4]:.2f}× `python -c pass` (no target); "
+        f"{'faster' if c[1] < ruby else 'slower'} than the Ruby seed, which validates nothing.",
+        f"- Every timed (b) join really added the server (checked with `show servers state` after each), "
+        f"through the runtime API: {r['runtime_changes']} runtime-API changes, {r['runtime_reloads']} reloads. "
+        f"Reload mode reloaded {r['reload_reloads']} times (one per join and per leave). "
+        f"Handler errors logged: {len(r['handler_errors'])}. "
+        f"A request through the runtime-API HAProxy afterwards: {r['served_after'][0]} `{r['served_after'][1]}`.",
+        "",
+        f"**What start-up pays for** (`python -X importtime`, median of {next(iter(r['imports'].values()))['runs']} "
+        "runs each; importtime itself slows imports down, so compare the shares, not the sums with the table above):",
+    ]
+    for label, imp in r["imports"].items():
+        has = imp["has"]
+        heavy = ", ".join(f"`{m}`" for m in ("jinja2", "yaml", "json", "subprocess", "socket", "ipaddress",
+                                               "argparse", "logging", "dataclasses") if has.get(m))
+        out += [
+            "",
+            f"{label}: {imp['modules']} modules, {ms(imp['total_ms'])} ms of imports in total, of which "
+            f"{ms(imp['package_self_ms'])} ms in serf_handlers' own modules; also imported: {heavy or 'none of the heavy ones'}.",
+            "",
+            "| module | imported by | cumulative ms | self ms |",
+            "|---|---|---:|---:|",
+        ]
+        for name, parent, self_ms, cumulative_ms in imp["top"]:
+            out.append(f"| `{name}` | {f'`{parent}`' if parent else 'top level'} | {cumulative_ms:.1f} | {self_ms:.1f} |")
+    return "\n".join(out) + "\n"
+
+
+# --- section 2 ---------------------------------------------------------------------------
+
+
+def format_scale(r: dict[str, Any]) -> str:
+    nan = float("nan")
+    rows = {row[0]: row for row in r["rows"]}
+    pass_ms = rows["python -c pass"][1]
+    out = [
+        f"Wall time of one `serf-handle` run, median of {r['rounds']} interleaved rounds (after a warm-up); "
+        f"`python -c pass` took {ms(pass_ms)} ms in the same rounds. In-process figures: the handler's own "
+        "functions, timed inside one process (render: median of 6 renders after a first one).\n",
+        "| members | join: ms | leave: ms | stale member-update: ms | `haproxy -c` alone: ms | render (in-process): ms "
+        "| members → servers: ms | state load + dump: ms | config / state size |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    joins = {}
+    for n in r["sizes"]:
+        label = f"{n:,}"
+        inproc = (r["inprocess"] or {}).get(str(n)) or {"render_ms": nan, "servers_ms": nan,
+                                                        "state_load_ms": nan, "state_dumps_ms": nan}
+        joins[n] = rows[f"join {label}"][1]
+        config_bytes, state_bytes = r["bytes"][n] if n in r["bytes"] else r["bytes"][str(n)]
+        out.append(
+            f"| {label} | {ms(rows[f'join {label}'][1])} | {ms(rows[f'leave {label}'][1])} "
+            f"| {ms(rows[f'stale update {label}'][1])} | {ms(rows[f'haproxy -c {label}'][1])} "
+            f"| {inproc['render_ms']:.1f} | {inproc['servers_ms']:.1f} "
+            f"| {inproc['state_load_ms'] + inproc['state_dumps_ms']:.1f} "
+            f"| {config_bytes / 1024:,.0f} KiB / {state_bytes / 1024:,.0f} KiB |"
+        )
+    if r["inprocess"] is None:
+        out.append(f"\nIn-process timings failed (the handler's private API changed?): `{r['inprocess_error']}`")
+    sizes = r["sizes"]
+    big, mid = sizes[-1], sizes[-2]
+    big_label = f"{big:,}"
+    leave_big = rows[f"leave {big_label}"][1]
+    grow = (joins[big] - pass_ms) / max(joins[mid] - pass_ms, 1e-9)
+    checks = {n: rows[f"haproxy -c {n:,}"][1] for n in sizes}
+    grow_check = checks[big] / checks[mid]
+    grow_rest = (joins[big] - checks[big] - pass_ms) / max(joins[mid] - checks[mid] - pass_ms, 1e-9)
+    unchanged = r["unchanged_runs"]
+    out += [
+        "",
+        f"- Growth, join {mid:,} → {big:,} members (×{big // mid}), time above `python -c pass`: ×{grow:.1f} "
+        f"({'about linear' if 0.5 * big / mid <= grow <= 1.5 * big / mid else 'not linear'}). Of that, "
+        f"`haproxy -c` alone grew ×{grow_check:.1f}, and the rest of the run (join minus `haproxy -c` alone "
+        f"minus `python -c pass`) ×{grow_rest:.1f}.",
+        f"- {big_label} members in one event: join {ms(joins[big])} ms, leave {ms(leave_big)} ms "
+        f"(target ≤ 2 s: join {verdict(joins[big] <= 2000)}, leave {verdict(leave_big <= 2000)}); "
+        f"`haproxy -c` of that config alone takes {ms(rows[f'haproxy -c {big_label}'][1])} ms of it.",
+        f"- Unchanged membership (the same members again as a stale member-update): checked after each of "
+        + ", ".join(f"{unchanged.get(n, unchanged.get(str(n)))} runs at {n:,}" for n in sizes)
+        + ": the config's and the state's inode, mtime and size were unchanged and the reload counter "
+        "did not move: no write, no reload.",
+    ]
+    return "\n".join(out) + "\n"
+
+
+# --- section 3 ---------------------------------------------------------------------------
+
+MODE_LABELS = {
+    "runtime": "runtime API (master-worker, admin socket)",
+    "reload": "master-worker reload (rewrite + `kill -USR2 <master>`)",
+    "naive": "naive (rewrite + `haproxy -D … -sf $(cat pid)`)",
+}
+
+
+def format_churn(r: dict[str, Any]) -> str:
+    import statistics
+
+    runs = r["runs"]
+    n_runs = len(runs["runtime"])
+    changes = r["info"][0]["changes"]
+    out = [
+        f"`wrk -t{r['threads']} -c{r['connections']} -d{r['duration']}s` through each HAProxy, {n_runs} run(s); "
+        f"{len(changes)} membership changes per run (one a second: "
+        + ", ".join(f"{a} {n}" for _t, a, n in changes[:4])
+        + ", …), the same changes for all three load balancers at once. Counts are medians over the runs, "
+        "with each run's failed-request count in brackets.\n",
+        "| how a change is applied | requests | non-2xx | socket errors (connect/read/write/timeout) "
+        "| failed requests | reloads | runtime-API changes | state = alive members at the end |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
+    ]
+
+    def med(mode: str, key: str) -> float:
+        return float(statistics.median(run[key] for run in runs[mode]))
+
+    for mode, label in MODE_LABELS.items():
+        failed_each = ", ".join(str(run["failed"]) for run in runs[mode])
+        out.append(
+            f"| {label} | {med(mode, 'requests'):,.0f} | {med(mode, 'non2xx'):,.0f} "
+            f"| {med(mode, 'connect'):.0f}/{med(mode, 'read'):.0f}/{med(mode, 'write'):.0f}/{med(mode, 'timeout'):.0f} "
+            f"| {med(mode, 'failed'):,.0f} [{failed_each}] | {med(mode, 'reloads'):.0f} "
+            f"| {med(mode, 'runtime_changes'):.0f} | {'yes' if all(run['converged'] for run in runs[mode]) else 'NO'} |"
+        )
+    worst_runtime = max(run["failed"] for run in runs["runtime"])
+    deferred = sum(run["deferred_deletions"] for run in runs["runtime"])
+    errors = {mode: sum(run["handler_errors"] for run in runs[mode]) for mode in runs}
+    out += [
+        "",
+        f"- Runtime-API mode: {worst_runtime} failed requests in the worst run "
+        f"(target zero: {verdict(worst_runtime == 0)}); deletions deferred because connections were still open: "
+        f"{deferred}.",
+        "- Handler errors logged: " + ", ".join(f"{mode} {count}" for mode, count in errors.items()) + ".",
+    ]
+    statuses = []
+    for mode in MODE_LABELS:
+        bad: dict[str, int] = {}
+        for run in runs[mode]:
+            for code, count in run["statuses"].items():
+                if not 200 <= int(code) < 400:
+                    bad[str(code)] = bad.get(str(code), 0) + count
+        if bad:
+            statuses.append(f"{mode}: " + ", ".join(f"{count:,} × {code}" for code, count in sorted(bad.items())))
+    out.append("- Non-2xx responses by status, summed over the runs: " + ("; ".join(statuses) or "none") + ".")
+    down = {mode: sum(run["checks_down"] for run in runs[mode]) for mode in ("runtime", "reload")}
+    out.append(
+        "- Servers marked DOWN by a failed health check (HAProxy's log; the daemonized naive HAProxy has none): "
+        + ", ".join(f"{mode} {count}" for mode, count in down.items()) + "."
+    )
+    return "\n".join(out) + "\n"
+
+
+# --- section 4 ---------------------------------------------------------------------------
+
+
+def format_convergence(r: dict[str, Any]) -> str:
+    j, jspan, lv, lspan = r["join"], r["join_span"], r["leave"], r["leave_span"]
+
+    def cell(med: dict[str, float], span: dict[str, tuple[float, float]], key: str) -> str:
+        low, high = span[key]
+        return f"{ms(med[key])} ({ms(low)}–{ms(high)})"
+
+    out = [
+        f"Runtime-API mode, {r['reps']} joins and {r['reps']} graceful leaves of one web node while a poller "
+        f"sent {r['poller_requests']:,} back-to-back requests through HAProxy ({r['poller_errors']} failed). "
+        "Milliseconds, median (min–max).\n",
+        "| | Serf: agent started / SIGINT → event delivered | delivered → serf-handle running the handlers "
+        "| haproxy handler run | **added: delivered → first / last request** | total |",
+        "|---|---:|---:|---:|---:|---:|",
+        f"| join | {cell(j, jspan, 'serf')} | {cell(j, jspan, 'start')} | {cell(j, jspan, 'handler')} "
+        f"| **{cell(j, jspan, 'added')}** | {cell(j, jspan, 'total')} |",
+        f"| leave | {cell(lv, lspan, 'serf')} | {cell(lv, lspan, 'start')} | {cell(lv, lspan, 'handler')} "
+        f"| **{cell(lv, lspan, 'added')}** | {cell(lv, lspan, 'total')} |",
+        "",
+        f"- Added by the handler and HAProxy after Serf delivered the event (target ≤ 200 ms): join "
+        f"{ms(j['added'])} ms ({verdict(j['added'] <= 200)}), leave {ms(lv['added'])} ms "
+        f"({verdict(lv['added'] <= 200)}). Serf's own part: {ms(j['serf'])} ms to deliver a join and "
+        f"{ms(lv['serf'])} ms a leave (its coalescing window).",
+        f"- The first request reached the new node {ms(-j['served']) if j['served'] < 0 else ms(j['served'])} ms "
+        f"{'before' if j['served'] < 0 else 'after'} the handler finished (it still writes its state after "
+        f"HAProxy has the server). Reloads during the run: {r['reloads']}.",
+    ]
+    return "\n".join(out) + "\n"
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
