@@ -40,6 +40,14 @@ def test_round_trip(tmp_path: Path) -> None:
     assert _state.dumps(loaded) == Path(path).read_bytes()
 
 
+def test_applied_equal_to_servers_is_written_once(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.json")
+    servers = {WEB1.node: WEB1, WEB2.node: WEB2}
+    _state.save(path, _state.State(servers, dict(servers)))
+    assert json.loads(Path(path).read_text())["applied"] == "servers"
+    assert _state.load(path) == _state.State(servers, servers)
+
+
 def test_applied_unknown_round_trips_as_null(tmp_path: Path) -> None:
     path = str(tmp_path / "state.json")
     _state.save(path, _state.State({WEB1.node: WEB1}, None))

@@ -5,7 +5,7 @@ JSON, mode 0600, replaced atomically, read and written under an exclusive lock o
 
     {"version": 1,
      "servers": {NODE: {"name", "addr", "port", "weight", "backend", "tags", "maint"}},
-     "applied": {NODE: {...}} or null,
+     "applied": {NODE: {...}}, or "servers" when equal to servers, or null,
      "pending": [[BACKEND, SERVER], ...]}
 
 - `servers`: the wanted servers, keyed by the exact Serf node name (the stable id).
@@ -62,7 +62,8 @@ def _parse(data: object) -> State:
     if not isinstance(data, dict) or data.get("version") != VERSION:
         raise Rejected(f"not a version {VERSION} state object")
     servers = _servers(data.get("servers"), "servers")
-    applied = None if data.get("applied") is None else _servers(data["applied"], "applied")
+    raw_applied = data.get("applied")
+    applied = servers if raw_applied == "servers" else None if raw_applied is None else _servers(raw_applied, "applied")
     pending = data.get("pending", [])
     if not isinstance(pending, list) or not all(_is_key(item) for item in pending):
         raise Rejected("pending: expected a list of [backend, server] pairs")
@@ -88,15 +89,20 @@ def _is_key(item: object) -> bool:
 def dumps(state: State) -> bytes:
     import json
 
+    applied: object = None
+    if state.applied == state.servers:
+        applied = "servers"  # the usual case: don't write (and later parse) every server twice
+    elif state.applied is not None:
+        applied = {node: to_json(s) for node, s in sorted(state.applied.items())}
     data: dict[str, Any] = {
         "version": VERSION,
         "servers": {node: to_json(s) for node, s in sorted(state.servers.items())},
-        "applied": None
-        if state.applied is None
-        else {node: to_json(s) for node, s in sorted(state.applied.items())},
+        "applied": applied,
         "pending": [list(key) for key in sorted(set(state.pending))],
     }
-    return (json.dumps(data, indent=1, ensure_ascii=True) + "\n").encode("ascii")
+    # Compact: with 10,000 members the file is read and written on every event
+    # (`serf-handle status` is the readable view).
+    return (json.dumps(data, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
 
 
 def save(path: str, state: State) -> None:
