@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 import sys
 import time
-from typing import IO, Mapping
+from ._typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from typing import IO, Mapping
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 FORMATS = ("text", "json")
@@ -145,7 +148,7 @@ def escape(text: str) -> str:
 
 
 def _text_value(value: object) -> str:
-    if isinstance(value, Mapping):
+    if isinstance(value, dict):
         value = ",".join(f"{k}={v}" for k, v in value.items())
     text = escape(str(value))
     return f'"{text}"' if (not text or " " in text or '"' in text or "=" in text) else text

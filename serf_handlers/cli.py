@@ -9,9 +9,10 @@ from __future__ import annotations
 import os
 import sys
 from types import SimpleNamespace
-from typing import TYPE_CHECKING, Callable, Mapping, Sequence
+from ._typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from typing import Callable, Mapping, Sequence
     import argparse
 
 from . import __version__, _log

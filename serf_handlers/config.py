@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import marshal
 import os
-from typing import Any, Mapping, NamedTuple
+from ._typing import TYPE_CHECKING, NamedTuple
 
 from . import _log
 from .dispatch import Dispatcher, validate_selector
 from .errors import ConfigError
 from .plugins import make_handler
+
+if TYPE_CHECKING:
+    from typing import Any, Mapping
 
 DEFAULT_PATH = "/etc/serf-handlers/config.yml"
 _CACHE_FORMAT = 1

@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import IO, Callable, Iterable, Mapping, NamedTuple, Sequence, TypeVar, Union
+from ._typing import TYPE_CHECKING, NamedTuple
 
 from . import _log
 from .errors import ConfigError, EventError, ReplyTooLargeError, SerfHandlersError
-from .events import MEMBER_EVENTS, Event, Member, MemberEvent, Query, parse_event
+from .events import MEMBER_EVENTS, MemberEvent, Query, parse_event
 
-Reply = Union[str, bytes, None]
+if TYPE_CHECKING:
+    from .events import Event, Member
+    from typing import IO, Callable, Iterable, Mapping, Sequence, TypeVar, Union
+
+if TYPE_CHECKING:
+    Reply = Union[str, bytes, None]
 
 
-H = TypeVar("H", bound=Callable[..., Reply])
+if TYPE_CHECKING:
+    H = TypeVar("H", bound=Callable[..., Reply])
 
 # Serf drops a query reply above query_response_size_limit (1024 bytes by default),
 # which includes the msgpack envelope (about 50 bytes) and the responding node's name.

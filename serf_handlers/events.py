@@ -12,14 +12,18 @@ NamedTuples rather than dataclasses: Serf starts a process per event, and import
 from __future__ import annotations
 
 from types import MappingProxyType
-from typing import Literal, Mapping, NamedTuple, Union
+from ._typing import TYPE_CHECKING, NamedTuple
 
 from .errors import EventError
+
+if TYPE_CHECKING:
+    from typing import Literal, Mapping, Union
 
 MEMBER_EVENTS = ("member-join", "member-leave", "member-failed", "member-update", "member-reap")
 EVENT_TYPES = (*MEMBER_EVENTS, "user", "query")
 
-MemberEventType = Literal["member-join", "member-leave", "member-failed", "member-update", "member-reap"]
+if TYPE_CHECKING:
+    MemberEventType = Literal["member-join", "member-leave", "member-failed", "member-update", "member-reap"]
 
 _EMPTY: Mapping[str, str] = MappingProxyType({})
 
@@ -69,7 +73,17 @@ class Query(NamedTuple):
         return "query"
 
 
-Event = Union[MemberEvent, UserEvent, Query]
+if TYPE_CHECKING:
+    Event = Union[MemberEvent, UserEvent, Query]
+else:
+
+    def __getattr__(name: str) -> object:
+        # `Event` is a typing.Union: built on first use, so the event path never imports typing.
+        if name == "Event":
+            from typing import Union
+
+            return Union[MemberEvent, UserEvent, Query]
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def parse_event(env: Mapping[str, str], stdin: bytes) -> Event:

@@ -13,10 +13,13 @@ or a plain function, which is the handler itself and takes no options.
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Mapping
+from ._typing import TYPE_CHECKING
 
 from .errors import ConfigError, PluginError
-from .events import Event
+
+if TYPE_CHECKING:
+    from .events import Event
+    from typing import Any, Callable, Mapping
 
 ENTRY_POINT_GROUP = "serf_handlers.handlers"
 

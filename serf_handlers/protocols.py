@@ -3,10 +3,11 @@ plugin authors need them, and creating Protocol classes costs start-up time."""
 
 from __future__ import annotations
 
-from typing import Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, Sequence
 
-from .dispatch import Reply
-from .events import Event, Member
+if TYPE_CHECKING:
+    from .dispatch import Reply
+    from .events import Event, Member
 
 
 class Handler(Protocol):

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 from .. import _log
-from ..events import Event, MemberEvent
+from .._typing import TYPE_CHECKING
+from ..events import MemberEvent
+
+if TYPE_CHECKING:
+    from ..events import Event
 
 
 class LogHandler:

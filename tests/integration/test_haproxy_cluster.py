@@ -217,7 +217,8 @@ def test_runtime_api_ten_membership_changes_zero_reloads_no_failed_request(live_
         served("body-churn2-moved")
         changes += 1
         lb.webs["churn3"].serf("tags", "-set", "weight=3")  # update: set weight
-        wait_until(lambda: '"weight": 3' in lb.state.read_text(), timeout=15, what="the weight update")
+        wait_until(lambda: json.loads(lb.state.read_text())["servers"]["churn3"]["weight"] == 3, timeout=15,
+                   what="the weight update")
         changes += 1
         lb.webs["churn2"].leave()
         served("body-churn2-moved", present=False)

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Callable
+from ..._typing import TYPE_CHECKING
 
 from ...errors import HandlerError
+
+if TYPE_CHECKING:
+    from typing import Callable
 
 
 def write_atomic(path: str, data: bytes, mode: int, validate: Callable[[str], None] | None = None) -> None:

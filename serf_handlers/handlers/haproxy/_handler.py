@@ -17,12 +17,12 @@ and the run then fails (exit 1).
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Mapping, Sequence
+from ..._typing import TYPE_CHECKING
 
 from ... import _log
-from ...dispatch import QUERY_REPLY_BUDGET, Reply
+from ...dispatch import QUERY_REPLY_BUDGET
 from ...errors import ConfigError, HandlerError
-from ...events import MEMBER_EVENTS, Event, Member, MemberEvent, Query
+from ...events import MEMBER_EVENTS, MemberEvent, Query
 from . import _state
 from ._files import Lock, read_bytes, write_atomic
 from ._options import DEFAULT_SOCKET, Options, parse
@@ -30,6 +30,9 @@ from ._servers import Rejected, Server, from_member
 from ._state import State
 
 if TYPE_CHECKING:
+    from ...events import Event, Member
+    from ...dispatch import Reply
+    from typing import Mapping, Sequence
     from ._runtime import Drained
 
 QUERY_BUDGET = 900  # bytes; Serf drops a reply over about 1 KiB, node name included

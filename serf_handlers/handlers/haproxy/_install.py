@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import os
 import stat
-from typing import Sequence
+from ..._typing import TYPE_CHECKING
 
 from ...errors import HandlerError
 from ._files import write_atomic
+
+if TYPE_CHECKING:
+    from typing import Sequence
 
 CHECK_TIMEOUT = 30.0  # seconds; `haproxy -c` takes 0.5 s with 10,000 servers
 RELOAD_TIMEOUT = 15.0

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, NamedTuple, TypeGuard
+from ..._typing import TYPE_CHECKING, NamedTuple
 
 from ...errors import ConfigError
 from ._servers import is_token
+
+if TYPE_CHECKING:
+    from typing import Any, Mapping, TypeGuard
 
 DEFAULT_CONFIG = "/etc/haproxy/haproxy.cfg"
 DEFAULT_STATE = "/var/lib/serf-handlers/haproxy.json"

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Mapping
+from ..._typing import TYPE_CHECKING
 
 from ..._log import escape
 from ._servers import Server
 from ._state import State
+
+if TYPE_CHECKING:
+    from typing import Mapping
 
 TRUNCATED = "truncated"
 

@@ -16,11 +16,14 @@ anything that could split a command, as a last line of defence.
 from __future__ import annotations
 
 import time
-from typing import Callable, Iterable, Mapping, NamedTuple
+from ..._typing import TYPE_CHECKING, NamedTuple
 
 from ... import _log
 from ...errors import HandlerError
 from ._servers import Server
+
+if TYPE_CHECKING:
+    from typing import Callable, Iterable, Mapping
 
 TIMEOUT = 2.0  # seconds per command; HAProxy answers in well under a millisecond
 DRAIN_SECONDS = 0.1  # drain before maint, or `del server` is refused under keep-alive load
@@ -29,7 +32,8 @@ DRAIN_SECONDS = 0.1  # drain before maint, or `del server` is refused under keep
 ADD_OPTIONS = "check inter 500ms fall 1 rise 1 pool-max-conn -1 pool-purge-delay 5s"
 
 Key = tuple[str, str]  # (backend, server)
-API = Callable[[str], str]
+if TYPE_CHECKING:
+    API = Callable[[str], str]
 
 
 class Unavailable(HandlerError):

@@ -10,7 +10,10 @@ Tags are passed to templates untouched; the built-in template never renders them
 from __future__ import annotations
 
 import ipaddress
-from typing import Any, Mapping, NamedTuple, TypeGuard
+from ..._typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from typing import Any, Mapping, TypeGuard
 
 SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 MAX_NAME = 63

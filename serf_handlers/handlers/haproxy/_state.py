@@ -19,11 +19,14 @@ JSON, mode 0600, replaced atomically, read and written under an exclusive lock o
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping, NamedTuple
+from ..._typing import TYPE_CHECKING, NamedTuple
 
 from ...errors import HandlerError
 from ._files import read_bytes, write_atomic
 from ._servers import Rejected, Server, from_json, to_json
+
+if TYPE_CHECKING:
+    from typing import Any, Mapping
 
 VERSION = 1
 
