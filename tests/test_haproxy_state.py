@@ -168,3 +168,22 @@ def test_concurrent_read_modify_write_loses_no_update(tmp_path: Path) -> None:
                 w.kill()
                 w.wait()
     assert sorted(_state.load(state).servers) == nodes
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        pytest.param(None, 0o640, id="a new config"),
+        pytest.param(0o666, 0o640, id="never group- or world-writable, never world-readable"),
+        pytest.param(0o600, 0o600, id="a stricter mode is kept"),
+    ],
+)
+def test_installed_config_mode_is_restrictive(tmp_path: Path, before: int | None, after: int) -> None:
+    from serf_handlers.handlers.haproxy._install import install
+
+    path = tmp_path / "haproxy.cfg"
+    if before is not None:
+        path.write_text("old\n")
+        path.chmod(before)
+    install(str(path), "new\n", check=False, haproxy="haproxy")
+    assert stat.S_IMODE(os.stat(path).st_mode) == after

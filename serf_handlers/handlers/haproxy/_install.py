@@ -19,7 +19,10 @@ if TYPE_CHECKING:
 
 CHECK_TIMEOUT = 30.0  # seconds; `haproxy -c` takes 0.5 s with 10,000 servers
 RELOAD_TIMEOUT = 15.0
-_DEFAULT_MODE = 0o644
+# Readable by root and the haproxy group, writable only by the owner; an existing file
+# keeps its mode, but never one that lets anyone else write it (or read it, beyond the group).
+_DEFAULT_MODE = 0o640
+_ALLOWED_MODE = 0o640
 
 
 class ValidationError(HandlerError):
@@ -29,7 +32,7 @@ class ValidationError(HandlerError):
 def install(path: str, text: str, check: bool, haproxy: str) -> None:
     """Replace the config at `path` with `text`, validated first when `check`."""
     try:
-        mode = stat.S_IMODE(os.stat(path).st_mode)
+        mode = stat.S_IMODE(os.stat(path).st_mode) & _ALLOWED_MODE
     except FileNotFoundError:
         mode = _DEFAULT_MODE
     try:
