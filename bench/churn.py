@@ -19,8 +19,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from lb import MODES, LoadBalancer
-from procs import BENCH, Agent, Group, free_port, http_get, start_nginx, wait_until
+from lb import MODES, BenchLoadBalancer
+from procs import BENCH, processes, start_web
+
+from tests.harness import Agent, Processes, free_port, get, wait_until
 
 WEBS = 4
 RUNS = 3
@@ -34,47 +36,44 @@ SCHEDULE = [("leave", 0), ("leave", 1), ("join", 0), ("join", 1), ("leave", 2), 
 def run(venv_bin: Path, workdir: Path, runs: int = RUNS, duration: int = DURATION) -> dict[str, object]:
     results: dict[str, list[dict[str, object]]] = {mode: [] for mode in MODES}
     extra: list[dict[str, object]] = []
-    nginx_group = Group(workdir)
-    try:
+    with processes(workdir) as nginx:
         ports = [free_port() for _ in range(WEBS)]
         for i, port in enumerate(ports):
-            start_nginx(nginx_group, f"web{i + 1}", port, f"web{i + 1}")
+            start_web(nginx, f"web{i + 1}", port)
         for number in range(runs):
             one, info = _one_run(venv_bin, workdir / f"run{number + 1}", ports, duration)
             for mode, figures in one.items():
                 results[mode].append(figures)
             extra.append(info)
-    finally:
-        nginx_group.stop_all()
     return {"runs": results, "info": extra, "duration": duration, "connections": CONNECTIONS, "threads": THREADS,
             "webs": WEBS}
 
 
 def _one_run(venv_bin: Path, workdir: Path, ports: list[int], duration: int) -> tuple[dict[str, dict[str, object]], dict[str, object]]:
     workdir.mkdir(parents=True)
-    group = Group(workdir)
+    procs = Processes(workdir)
     lb_agents: list[Agent] = []
     try:
-        lbs = {mode: LoadBalancer(group, venv_bin, workdir / mode, mode, free_port()) for mode in MODES}
+        lbs = {mode: BenchLoadBalancer(procs, venv_bin, workdir / mode, mode) for mode in MODES}
         first = None
         for mode, lb in lbs.items():
-            agent = lb.agent(name=f"lb-{mode}", join=first)
+            agent = lb.start_agent(name=f"lb-{mode}", join=first)
             lb_agents.append(agent)
             first = first or agent
         assert first is not None
         names = [f"web{i + 1}" for i in range(WEBS)]
 
-        def start_web(i: int) -> Agent:
-            return Agent(group, names[i], {"role": "web", "port": str(ports[i])}, join=first, wait=False)
+        def join_web(i: int) -> Agent:
+            return Agent(procs, names[i], {"role": "web", "port": str(ports[i])}, join=first, wait=False)
 
-        webs = [start_web(i) for i in range(WEBS)]
+        webs = [join_web(i) for i in range(WEBS)]
         everyone = set(names)
         for mode, lb in lbs.items():
-            wait_until(lambda: lb.servers() == everyone, timeout=30, what=f"{mode}: all web nodes in the state")
-            wait_until(lambda: {http_get(lb.port)[1] for _ in range(3 * WEBS)} == everyone, timeout=15,
+            wait_until(lambda: lb.state_nodes() == everyone, timeout=30, what=f"{mode}: all web nodes in the state")
+            wait_until(lambda: {get(lb.port)[1] for _ in range(3 * WEBS)} == everyone, timeout=15,
                        what=f"{mode}: every web node served")
         time.sleep(1.5)  # let the last handler runs finish before counting
-        before = {mode: (lb.reloads(), lb.runtime_changes(), len(lb.log_lines())) for mode, lb in lbs.items()}
+        before = {mode: (lb.reload_count(), lb.runtime_changes(), len(lb.log_lines())) for mode, lb in lbs.items()}
 
         wrks = {
             mode: subprocess.Popen(
@@ -99,7 +98,7 @@ def _one_run(venv_bin: Path, workdir: Path, ports: list[int], duration: int) -> 
                         webs[i].proc.wait(5)  # the old agent has finished leaving
                     except subprocess.TimeoutExpired:
                         pass
-                    webs[i] = start_web(i)
+                    webs[i] = join_web(i)
                 changes.append((round(time.monotonic() - started, 2), action, names[i]))
             outputs = {mode: wrk.communicate(timeout=duration + 30)[0].decode(errors="replace")
                        for mode, wrk in wrks.items()}
@@ -119,9 +118,9 @@ def _one_run(venv_bin: Path, workdir: Path, ports: list[int], duration: int) -> 
         converged = {}
         for mode, lb in lbs.items():
             try:
-                wait_until(lambda: lb.servers() == alive, timeout=15, what=f"{mode} converged")
+                wait_until(lambda: lb.state_nodes() == alive, timeout=15, what=f"{mode} converged")
                 converged[mode] = True
-            except TimeoutError:
+            except AssertionError:  # wait_until timed out
                 converged[mode] = False
         time.sleep(0.5)
         figures: dict[str, dict[str, object]] = {}
@@ -134,7 +133,7 @@ def _one_run(venv_bin: Path, workdir: Path, ports: list[int], duration: int) -> 
                 **parse_wrk(outputs[mode]),
                 # Health checks that failed (HAProxy logs them on stderr; not visible for -D).
                 "checks_down": len(re.findall(r"Server \S+ is DOWN", haproxy_text)),
-                "reloads": lb.reloads() - reloads0,
+                "reloads": lb.reload_count() - reloads0,
                 "runtime_changes": lb.runtime_changes() - changes0,
                 "deferred_deletions": sum(1 for line in lines if "deletion deferred" in line),
                 "handler_errors": len(lb.handler_errors()),
@@ -150,7 +149,7 @@ def _one_run(venv_bin: Path, workdir: Path, ports: list[int], duration: int) -> 
                 agent.proc.wait(10)
             except subprocess.TimeoutExpired:
                 agent.proc.kill()
-        group.stop_all()
+        procs.stop_all(together=True)
 
 
 _WRK = {

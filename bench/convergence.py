@@ -20,8 +20,10 @@ import threading
 import time
 from pathlib import Path
 
-from lb import LoadBalancer
-from procs import Agent, Group, free_port, http_get, start_nginx, wait_until
+from lb import BenchLoadBalancer
+from procs import processes, start_web
+
+from tests.harness import Agent, Processes, free_port, get, wait_until
 
 REPS = 5
 MOVER = "mover"
@@ -70,7 +72,7 @@ class Poller(threading.Thread):
         return max((h for h in self.hits if h <= t), default=None)
 
 
-def _probe(lb: LoadBalancer, label: str, event: str, after: float) -> float | None:
+def _probe(lb: BenchLoadBalancer, label: str, event: str, after: float) -> float | None:
     if not lb.probe_file.exists():
         return None
     for line in lb.probe_file.read_text().splitlines():
@@ -83,23 +85,20 @@ def _probe(lb: LoadBalancer, label: str, event: str, after: float) -> float | No
 
 
 def run(venv_bin: Path, workdir: Path, reps: int = REPS) -> dict[str, object]:
-    group = Group(workdir)
-    try:
-        return _run(group, venv_bin, workdir, reps)
-    finally:
-        group.stop_all()
+    with processes(workdir) as procs:
+        return _run(procs, venv_bin, workdir, reps)
 
 
-def _run(group: Group, venv_bin: Path, workdir: Path, reps: int) -> dict[str, object]:
+def _run(procs: Processes, venv_bin: Path, workdir: Path, reps: int) -> dict[str, object]:
     ports = {name: free_port() for name in ("web1", "web2", MOVER)}
     for name, port in ports.items():
-        start_nginx(group, name, port, name)
-    lb = LoadBalancer(group, venv_bin, workdir / "lb", "runtime", free_port(), probes=True)
-    lb_agent = lb.agent()
+        start_web(procs, name, port)
+    lb = BenchLoadBalancer(procs, venv_bin, workdir / "lb", "runtime", probes=True)
+    lb_agent = lb.start_agent()
     for name in ("web1", "web2"):
-        Agent(group, name, {"role": "web", "port": str(ports[name])}, join=lb_agent)
-    wait_until(lambda: lb.servers() == {"web1", "web2"}, timeout=30, what="web1 and web2 in the state")
-    wait_until(lambda: http_get(lb.port)[0] == 200, timeout=10, what="served through haproxy")
+        Agent(procs, name, {"role": "web", "port": str(ports[name])}, join=lb_agent)
+    wait_until(lambda: lb.state_nodes() == {"web1", "web2"}, timeout=30, what="web1 and web2 in the state")
+    wait_until(lambda: get(lb.port)[0] == 200, timeout=10, what="served through haproxy")
 
     poller = Poller(lb.port)
     poller.start()
@@ -109,7 +108,7 @@ def _run(group: Group, venv_bin: Path, workdir: Path, reps: int) -> dict[str, ob
         for _ in range(reps):
             time.sleep(0.5)
             t0 = time.time()
-            mover = Agent(group, MOVER, {"role": "web", "port": str(ports[MOVER])}, join=lb_agent, wait=False)
+            mover = Agent(procs, MOVER, {"role": "web", "port": str(ports[MOVER])}, join=lb_agent, wait=False)
             first = wait_until(lambda: poller.first_after(t0), timeout=20, interval=0.01, what="mover served")
             end = wait_until(lambda: _probe(lb, "end", "member-join", t0), timeout=10, what="join handler done")
             serf = _probe(lb, "serf", "member-join", t0)
@@ -154,6 +153,6 @@ def _run(group: Group, venv_bin: Path, workdir: Path, reps: int) -> dict[str, ob
         "leave_span": span(leaves),
         "poller_requests": poller.requests,
         "poller_errors": poller.errors,
-        "reloads": lb.reloads(),
+        "reloads": lb.reload_count(),
         "raw": {"join": joins, "leave": leaves},
     }

@@ -15,9 +15,11 @@ import statistics
 import subprocess
 from pathlib import Path
 
-from lb import LoadBalancer
-from procs import BENCH, Group, free_port, http_get, start_haproxy_mw, start_nginx, wait_until
+from lb import BenchLoadBalancer
+from procs import BENCH, processes, start_web
 from timing import Command, measure, summary
+
+from tests.harness import Processes, free_port, get, start_haproxy, wait_until
 
 ROUNDS = 30
 WARMUP = 3
@@ -27,18 +29,15 @@ NO_CA_LABEL = "haproxy -c (1 server), `httpclient.ssl.verify none`"
 
 
 def run(venv_bin: Path, workdir: Path, rounds: int = ROUNDS) -> dict[str, object]:
-    group = Group(workdir)
-    try:
-        return _run(group, venv_bin, workdir, rounds)
-    finally:
-        group.stop_all()
+    with processes(workdir) as procs:
+        return _run(procs, venv_bin, workdir, rounds)
 
 
-def _run(group: Group, venv_bin: Path, workdir: Path, rounds: int) -> dict[str, object]:
+def _run(procs: Processes, venv_bin: Path, workdir: Path, rounds: int) -> dict[str, object]:
     python = str(venv_bin / "python")
     serf_handle = str(venv_bin / "serf-handle")
     web_port = free_port()
-    start_nginx(group, "web1", web_port, "web1")
+    start_web(procs, "web1", web_port)
     member = f"web1\t127.0.0.1\tweb\tport={web_port},role=web\n".encode()
 
     # (a) the log handler, logging to /dev/null.
@@ -48,8 +47,8 @@ def _run(group: Group, venv_bin: Path, workdir: Path, rounds: int) -> dict[str, 
              "SERF_SELF_NAME": "lb", "SERF_SELF_ROLE": "lb", "SERF_TAG_ROLE": "lb"}
 
     # (b) runtime API, (c) reload mode: each its own HAProxy.
-    live = LoadBalancer(group, venv_bin, workdir / "runtime", "runtime", free_port())
-    reload = LoadBalancer(group, venv_bin, workdir / "reload", "reload", free_port())
+    live = BenchLoadBalancer(procs, venv_bin, workdir / "runtime", "runtime")
+    reload = BenchLoadBalancer(procs, venv_bin, workdir / "reload", "reload")
 
     # The Ruby seed: its own master-worker HAProxy, reloaded with USR2 after each append.
     seed_dir = workdir / "seed"
@@ -59,17 +58,17 @@ def _run(group: Group, venv_bin: Path, workdir: Path, rounds: int) -> dict[str, 
     base.write_text(
         reload.config.read_text()
         .replace(f"127.0.0.1:{reload.port}", f"127.0.0.1:{seed_port}")
-        .replace(str(reload.socket), str(seed_dir / "admin.sock"))
+        .replace(str(reload.admin_socket), str(seed_dir / "admin.sock"))
         .replace(f"{reload.config}.state", str(seed_dir / "haproxy.cfg.state"))
     )
     seed_cfg = seed_dir / "haproxy.cfg"
     shutil.copy(base, seed_cfg)
     seed_pidfile = seed_dir / "haproxy.pid"
-    seed_haproxy = start_haproxy_mw(group, seed_cfg, seed_pidfile, name="haproxy-seed")
-    wait_until(lambda: http_get(seed_port)[0] == 503, timeout=10, what="seed haproxy")
+    start_haproxy(procs, seed_cfg, seed_pidfile, name="haproxy-seed")
+    wait_until(lambda: get(seed_port)[0] == 503, timeout=10, what="seed haproxy")
     seed_master = seed_pidfile.read_text().split()[0]
 
-    def leave(lb: LoadBalancer) -> None:
+    def leave(lb: BenchLoadBalancer) -> None:
         lb.event("member-leave", member)
 
     def live_has_it() -> None:
@@ -123,14 +122,14 @@ def _run(group: Group, venv_bin: Path, workdir: Path, rounds: int) -> dict[str, 
         Command(NO_CA_LABEL, ["haproxy", "-c", "-q", "-f", str(no_ca)], before=refresh_no_ca),
     ]
     times = measure(commands, rounds=rounds, warmup=WARMUP)
-    runtime_reloads = live.reloads()
+    runtime_reloads = live.reload_count()
     runtime_changes = live.runtime_changes()
-    reload_reloads = reload.reloads()
+    reload_reloads = reload.reload_count()
     errors = live.handler_errors() + reload.handler_errors()
 
     # Still serving through the runtime-API HAProxy after all that?
     live.event("member-join", member)
-    status, body = http_get(live.port)
+    status, body = get(live.port)
 
     imports = {
         "(a) log handler": importtime(python, serf_handle, a_yml, member, a_env, None),

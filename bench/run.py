@@ -27,13 +27,16 @@ import traceback
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+# bench/ for its modules, the repo root for the shared harness (tests/harness.py).
+sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
 
 import churn  # noqa: E402
 import convergence  # noqa: E402
 import per_event  # noqa: E402
 import scale  # noqa: E402
-from procs import REPO, make_install, require, tempdir, tool_versions  # noqa: E402
+from procs import REPO, make_install, tempdir, tool_versions  # noqa: E402
+
+from tests.harness import require  # noqa: E402
 
 DOC = REPO / "BENCHMARKS.md"
 SECTIONS = ("1", "2", "3", "4")

@@ -1,7 +1,10 @@
-"""Real processes on loopback for integration tests and the demo: serf agents, nginx, haproxy.
+"""Real processes on loopback for integration tests, the demo and the benchmarks: serf
+agents, nginx, haproxy.
 
 Every process is started through a `Processes` group, which stops exactly the PIDs it
-started (SIGINT first, so serf agents leave gracefully; SIGKILL if they linger).
+started (SIGINT first, so serf agents leave gracefully; SIGKILL if they linger). A
+daemonized haproxy forks away from us: it is found through the pidfile we gave it (and
+our own directory in its command line) and stopped by PID too (see `stop_daemon`).
 """
 
 from __future__ import annotations
@@ -56,13 +59,16 @@ class Processes:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
         self.started: list[subprocess.Popen[bytes]] = []
+        self.daemons: list[Path] = []  # pidfiles of daemonized processes we started (start_haproxy_daemon)
 
     def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "ab")
-        proc = subprocess.Popen(
-            list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=self.workdir
-        )
-        log.close()
+        try:
+            proc = subprocess.Popen(
+                list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=self.workdir
+            )
+        finally:
+            log.close()
         self.started.append(proc)
         return proc
 
@@ -75,13 +81,88 @@ class Processes:
                 proc.kill()
                 proc.wait(5)
 
-    def stop_all(self) -> None:
-        for proc in reversed(self.started):
-            self.stop(proc)
+    def stop_all(self, together: bool = False, timeout: float = 10.0) -> None:
+        """Stop the daemons, then every process, newest first: one after the other, or with
+        `together` SIGINT to all at once and then one wait (faster; SIGKILL for stragglers)."""
+        for pidfile in self.daemons:
+            stop_daemon(pidfile)
+        if not together:
+            for proc in reversed(self.started):
+                self.stop(proc, timeout=timeout)
+            return
+        running = [p for p in reversed(self.started) if p.poll() is None]
+        for proc in running:
+            try:
+                proc.send_signal(signal.SIGINT)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + timeout
+        for proc in running:
+            try:
+                proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+
+
+def stop_daemon(pidfile: Path, marker: str | None = None) -> None:
+    """Stop a daemonized haproxy we started: the PIDs in its pidfile, then any of its old
+    (soft-stopping) processes, recognised by our own unique directory (`marker`, by default
+    the pidfile's) in their command line."""
+    marker = marker or str(pidfile.parent)
+    pids: set[int] = set()
+    try:
+        pids.update(int(p) for p in pidfile.read_text().split())
+    except (OSError, ValueError):
+        pass
+    pids.update(_pids_with(marker, "haproxy"))
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+        time.sleep(0.05)
+    for pid in pids:
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _pids_with(marker: str, program: str) -> list[int]:
+    """PIDs of `program` processes whose command line holds `marker` (our temp dir)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            argv = Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and os.path.basename(argv[0].decode(errors="replace")) == program and any(
+            marker.encode() in a for a in argv
+        ):
+            found.append(int(entry))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
 
 
 class Agent:
-    """A serf agent on loopback with its own gossip and RPC ports."""
+    """A serf agent on loopback with its own gossip and RPC ports.
+
+    `handler` and then each of `handlers` is an -event-handler; with `wait=False` the
+    constructor returns right after starting the agent (see `wait_ready`).
+    """
 
     def __init__(
         self,
@@ -93,23 +174,31 @@ class Agent:
         env: dict[str, str] | None = None,
         extra: Sequence[str] = (),
         rpc_auth: str | None = None,
+        handlers: Sequence[str] = (),
+        wait: bool = True,
+        log_level: str = "debug",
     ) -> None:
         self.name = name
         self.rpc_auth = rpc_auth
+        self.leaving = False
         self.bind = free_port()
         self.rpc = f"127.0.0.1:{free_port()}"
         argv = ["serf", "agent", "-node", name, "-bind", f"127.0.0.1:{self.bind}", "-rpc-addr", self.rpc]
-        argv += ["-log-level", "debug"]
+        argv += ["-log-level", log_level]
         for key, value in (tags or {}).items():
             argv += ["-tag", f"{key}={value}"]
         if join is not None:
             argv += ["-join", f"127.0.0.1:{join.bind}"]
-        if handler is not None:
-            argv += ["-event-handler", handler]
+        for each in ([handler] if handler is not None else []) + list(handlers):
+            argv += ["-event-handler", each]
         argv += list(extra)
         self.procs = procs
         self.proc = procs.start(f"serf-{name}".replace(" ", "_").replace("/", "_"), argv, env={**os.environ, **(env or {})})
-        wait_until(self._answers, timeout=10, what=f"serf agent {name} RPC")
+        if wait:
+            self.wait_ready()
+
+    def wait_ready(self) -> None:
+        wait_until(self._answers, timeout=10, what=f"serf agent {self.name} RPC")
 
     def _answers(self) -> bool:
         return self.serf("members", check=False).returncode == 0
@@ -125,9 +214,13 @@ class Agent:
         out = self.serf("members", "-status", "alive", "-format", "json").stdout
         return {m["name"] for m in json.loads(out)["members"] or []}
 
-    def leave(self) -> None:
-        """Graceful: peers see member-leave."""
-        self.procs.stop(self.proc, signal.SIGINT)
+    def leave(self, wait: bool = True) -> None:
+        """Graceful: peers see member-leave. `wait=False`: only send the SIGINT."""
+        self.leaving = True
+        if wait:
+            self.procs.stop(self.proc, signal.SIGINT)
+        elif self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
 
     def crash(self) -> None:
         """kill -9: peers see member-failed after about 7 s."""
@@ -145,8 +238,15 @@ def require(*programs: str) -> None:
         raise RuntimeError(f"missing programs {missing}: run `make deps` (Debian packages)")
 
 
-def start_nginx(procs: Processes, name: str, port: int, body: str | None = None) -> subprocess.Popen[bytes]:
-    """nginx in the foreground on 127.0.0.1:port, answering every request with `body`."""
+def start_nginx(
+    procs: Processes,
+    name: str,
+    port: int,
+    body: str | None = None,
+    worker_connections: int = 1024,
+    keepalive_requests: int = 100000,
+) -> subprocess.Popen[bytes]:
+    """nginx in the foreground on 127.0.0.1:port, answering every request with `body` (default: `name`)."""
     root = procs.workdir / f"nginx-{port}"  # not the name: nginx.conf paths are unquoted
     root.mkdir(exist_ok=True)
     conf = root / "nginx.conf"
@@ -156,7 +256,7 @@ def start_nginx(procs: Processes, name: str, port: int, body: str | None = None)
 worker_processes 1;
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;
-events {{ worker_connections 1024; }}
+events {{ worker_connections {worker_connections}; }}
 http {{
     access_log off;
     client_body_temp_path {root}/body;
@@ -164,7 +264,7 @@ http {{
     fastcgi_temp_path {root}/fastcgi;
     uwsgi_temp_path {root}/uwsgi;
     scgi_temp_path {root}/scgi;
-    keepalive_requests 100000;
+    keepalive_requests {keepalive_requests};
     server {{
         listen 127.0.0.1:{port};
         location / {{ default_type text/plain; return 200 "{text}\\n"; }}
@@ -177,9 +277,21 @@ http {{
     return proc
 
 
-def start_haproxy(procs: Processes, config: Path, pidfile: Path) -> subprocess.Popen[bytes]:
-    """HAProxy in master-worker mode in the foreground; reload with `kill -USR2 <master>`."""
-    return procs.start("haproxy", ["haproxy", "-W", "-db", "-f", str(config), "-p", str(pidfile)])
+def start_haproxy(procs: Processes, config: Path, pidfile: Path, name: str = "haproxy") -> subprocess.Popen[bytes]:
+    """HAProxy in master-worker mode in the foreground; reload with `kill -USR2 <master>`.
+    Returns once it has written its pidfile."""
+    proc = procs.start(name, ["haproxy", "-W", "-db", "-f", str(config), "-p", str(pidfile)])
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), what="haproxy pidfile")
+    return proc
+
+
+def start_haproxy_daemon(procs: Processes, config: Path, pidfile: Path) -> None:
+    """The naive way: `haproxy -D -f cfg -p pid` (reloaded with `-sf $(cat pid)`). It forks
+    away; `procs.stop_all()` stops it through its pidfile (`stop_daemon`)."""
+    procs.daemons.append(pidfile)
+    subprocess.run(["haproxy", "-D", "-f", str(config), "-p", str(pidfile)], check=True, timeout=30,
+                   stdin=subprocess.DEVNULL, capture_output=True)
+    wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), what="haproxy pidfile")
 
 
 def _connects(port: int) -> bool:
@@ -190,58 +302,147 @@ def _connects(port: int) -> bool:
         return False
 
 
-# --- a load balancer: HAProxy (master-worker) + serf agent `lb` running serf-handle -----------
+# --- a load balancer: HAProxy + serf agent `lb` running serf-handle ------------------------
 
 RELOAD_SCRIPT = (
     "import os, signal, sys; open(sys.argv[1], 'a').write('reload\\n');"
     "os.kill(int(open(sys.argv[2]).read().split()[0]), signal.SIGUSR2)"
 )
+MODES = ("runtime", "reload", "naive")
 
 
 class LoadBalancer:
-    """HAProxy plus a serf agent `lb` whose event handler is `serf-handle` with a haproxy handler."""
+    """HAProxy plus a serf agent `lb` whose event handler is `serf-handle` with a haproxy handler.
 
-    def __init__(self, procs: Processes, live: bool) -> None:
+    How a membership change reaches HAProxy (`mode`; by default `live` picks the first two):
+    - "runtime" (`live=True`): master-worker HAProxy, the handler's `socket` set: the
+      runtime API, with a reload only as the fallback;
+    - "reload": master-worker HAProxy, no socket: rewrite + SIGUSR2 to the master;
+    - "naive": daemonized HAProxy (`-D`), rewrite + `haproxy -D -f cfg -p pid -sf $(cat pid)`.
+    The master-worker reload is a small Python script that also counts reloads in `reloads`
+    (`reload_count()`); `count_reloads=False` makes it a bare `kill -USR2 <master>` instead.
+    `serf_handle` (another install's), `workdir` (default: the group's), `log_format` and `env`
+    (for serf-handle runs and the agent) are for the benchmarks; with `agent=False` the serf
+    agent is left to `start_agent()`.
+    """
+
+    agent: Agent
+
+    def __init__(
+        self,
+        procs: Processes,
+        live: bool = False,
+        *,
+        mode: str | None = None,
+        serf_handle: str = SERF_HANDLE,
+        workdir: Path | None = None,
+        log_format: str = "json",
+        count_reloads: bool = True,
+        env: dict[str, str] | None = None,
+        agent: bool = True,
+    ) -> None:
         require("serf", "haproxy", "nginx")
+        self.mode = mode or ("runtime" if live else "reload")
+        if self.mode not in MODES:
+            raise ValueError(f"mode {self.mode!r}: expected one of {MODES}")
         self.procs = procs
-        d = procs.workdir
+        self.serf_handle = serf_handle
+        d = workdir or procs.workdir
+        d.mkdir(parents=True, exist_ok=True)
         self.dir = d
         self.config = d / "haproxy.cfg"
         self.state = d / "state.json"
         self.yml = d / "config.yml"
-        self.log = d / "handler.jsonl"
+        self.log_format = log_format
+        self.log = d / ("handler.jsonl" if log_format == "json" else "handler.log")
         self.reloads = d / "reloads"
+        self.count_reloads = count_reloads
         self.pidfile = d / "haproxy.pid"
-        self.socket = d / "admin.sock" if live else None
+        self.admin_socket = d / "admin.sock"  # HAProxy's stats socket (in the template's vars)
+        self.socket = self.admin_socket if self.mode == "runtime" else None  # the handler's
         self.port = free_port()
         self.template: Path | None = None
+        self.env = {"SERF_HANDLERS_CACHE_DIR": str(d / "cache"), **(env or {})}
+        self.haproxy: subprocess.Popen[bytes] | None = None
+        self.webs: dict[str, Agent] = {}
         self.write_yml()
         # As an image does: an empty but valid config first, so HAProxy starts before any member.
-        subprocess.run([SERF_HANDLE, "render", "--write", "--config", str(self.yml)], check=True, capture_output=True)
-        self.haproxy = start_haproxy(procs, self.config, self.pidfile)
-        wait_until(lambda: self.pidfile.exists() and self.pidfile.read_text().strip(), what="haproxy pidfile")
+        self.run("render", "--write")
+        if self.mode == "naive":
+            start_haproxy_daemon(procs, self.config, self.pidfile)
+        else:
+            name = "haproxy" if d == procs.workdir else f"haproxy-{d.name}"
+            self.haproxy = start_haproxy(procs, self.config, self.pidfile, name=name)
         wait_until(lambda: get(self.port)[0] == 503, what="haproxy serving (no servers yet: 503)")
-        env = {"SERF_HANDLERS_CACHE_DIR": str(d / "cache")}
-        self.agent = Agent(procs, "lb", {"role": "lb"}, handler=f"{SERF_HANDLE} --config {self.yml}", env=env)
-        self.webs: dict[str, Agent] = {}
+        if not count_reloads and self.mode != "naive":
+            self.write_yml()  # `kill -USR2 <master>`: now there is a master
+        if agent:
+            self.start_agent()
+
+    def reload_argv(self) -> list[str] | None:
+        """The handler's reload command (None: none yet, before HAProxy has a master PID)."""
+        if self.mode == "naive":
+            # What a naive setup runs: a fixed string, no member data in it.
+            cfg, pid = self.config, self.pidfile
+            return ["sh", "-c", f"exec haproxy -D -f {cfg} -p {pid} -sf $(cat {pid})"]
+        if self.count_reloads:
+            return [sys.executable, "-c", RELOAD_SCRIPT, str(self.reloads), str(self.pidfile)]
+        if not self.pidfile.exists():
+            return None
+        return ["kill", "-USR2", self.pidfile.read_text().split()[0]]
 
     def write_yml(self, template: Path | None = None) -> None:
-        reload = [sys.executable, "-c", RELOAD_SCRIPT, str(self.reloads), str(self.pidfile)]
         lines = [
-            f"log: {{level: info, format: json, file: {self.log}}}",
+            f"log: {{level: info, format: {self.log_format}, file: {self.log}}}",
             "handlers:",
+            *self.handler_entries(template),
+        ]
+        self.yml.write_text("\n".join(lines) + "\n")
+
+    def handler_entries(self, template: Path | None = None) -> list[str]:
+        """The haproxy handler's entry in config.yml's `handlers:` list."""
+        lines = [
             "  - type: haproxy",
             f"    config: {self.config}",
             f"    state: {self.state}",
             f"    haproxy: {shutil.which('haproxy')}",
-            f"    vars: {{bind: '127.0.0.1:{self.port}', socket: {self.dir / 'admin.sock'}}}",
-            f"    reload: {json.dumps(reload)}",
+            f"    vars: {{bind: '127.0.0.1:{self.port}', socket: {self.admin_socket}}}",
         ]
+        reload = self.reload_argv()
+        if reload is not None:
+            lines.append(f"    reload: {json.dumps(reload)}")
         if self.socket is not None:
             lines.append(f"    socket: {self.socket}")
         if template is not None:
             lines.append(f"    template: {template}")
-        self.yml.write_text("\n".join(lines) + "\n")
+        return lines
+
+    def handler_command(self) -> str:
+        """The -event-handler value for the load balancer's serf agent."""
+        return f"{self.serf_handle} --config {self.yml}"
+
+    def run(self, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None) -> None:
+        """`serf-handle ARGS --config <config.yml>` in this load balancer's environment."""
+        done = subprocess.run(
+            [self.serf_handle, *args, "--config", str(self.yml)],
+            input=stdin, env={**os.environ, **self.env, **(env or {})}, capture_output=True, timeout=120,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"serf-handle {' '.join(args)}: exit {done.returncode}: "
+                               f"{done.stderr.decode(errors='replace')[-800:]}")
+
+    def start_agent(
+        self,
+        name: str = "lb",
+        join: Agent | None = None,
+        wait: bool = True,
+        before: Sequence[str] = (),
+        log_level: str = "debug",
+    ) -> Agent:
+        """The serf agent with role=lb, running the `before` handlers and then serf-handle."""
+        self.agent = Agent(self.procs, name, {"role": "lb"}, join=join, handlers=[*before, self.handler_command()],
+                           env=self.env, wait=wait, log_level=log_level)
+        return self.agent
 
     def add_web(self, name: str, body: str, **tags: str) -> Agent:
         """A web node: nginx answering `body`, and a serf agent with role=web and port=<nginx>."""
@@ -261,9 +462,9 @@ class LoadBalancer:
         return set(json.loads(self.state.read_text())["servers"]) if self.state.exists() else set()
 
 
-def get(port: int, host: str | None = None) -> tuple[int, str]:
+def get(port: int, host: str | None = None, timeout: float = 3.0) -> tuple[int, str]:
     """One request through a fresh connection: (status, body), or (0, '<error>')."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=3)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         headers = {"Connection": "close", **({"Host": host} if host else {})}
         conn.request("GET", "/", headers=headers)
