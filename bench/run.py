@@ -253,7 +253,7 @@ def format_scale(r: dict[str, Any]) -> str:
         f"- {big_label} members in one event: join {ms(joins[big])} ms, leave {ms(leave_big)} ms "
         f"(target ≤ 2 s: join {verdict(joins[big] <= 2000)}, leave {verdict(leave_big <= 2000)}); "
         f"`haproxy -c` of that config alone takes {ms(rows[f'haproxy -c {big_label}'][1])} ms of it.",
-        f"- Unchanged membership (the same members again as a stale member-update): checked after each of "
+        "- Unchanged membership (the same members again as a stale member-update): checked after each of "
         + ", ".join(f"{unchanged.get(n, unchanged.get(str(n)))} runs at {n:,}" for n in sizes)
         + ": the config's and the state's inode, mtime and size were unchanged and the reload counter "
         "did not move: no write, no reload.",

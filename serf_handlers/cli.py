@@ -68,6 +68,10 @@ def _reconcile(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, en
         _log.error(f"member skipped: {message}")
     _log.info(f"reconcile: {len(members)} alive member(s)", members=",".join(sorted(m.name for m in members)))
     outcome = dispatcher.reconcile(members)
+    if outcome.failed:
+        _log.error_line(outcome.summary())
+    elif skipped:
+        _log.error_line(f"{len(skipped)} member(s) skipped: {skipped[0]}")
     return EXIT_HANDLER_FAILED if outcome.failed or skipped else EXIT_OK
 
 

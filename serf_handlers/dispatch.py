@@ -45,12 +45,16 @@ class Registration(NamedTuple):
 
 
 class Outcome(NamedTuple):
-    failed: tuple[str, ...]  # names of the handlers that raised
+    failed: tuple[tuple[str, str], ...]  # (handler name, what went wrong), one per failure
     reply: bytes  # the query reply (empty for other events, or when nothing replied)
 
     @property
     def exit_code(self) -> int:
         return EXIT_HANDLER_FAILED if self.failed else EXIT_OK
+
+    def summary(self) -> str:
+        """What went wrong, on one line: the error Serf logs when the handler exits 1."""
+        return "; ".join(f"handler {name} failed: {why}" for name, why in self.failed)
 
 
 def validate_selector(selector: str) -> str:
@@ -115,17 +119,20 @@ class Dispatcher:
 
     def dispatch(self, event: Event) -> Outcome:
         """Run every matching handler; a failing one is logged and the others still run."""
-        failed: list[str] = []
+        failed: list[tuple[str, str]] = []
         replies: list[bytes] = []
+        repliers: list[str] = []
         for registration, seen in self.matching(event):
             try:
                 reply = registration.handler(seen)
             except Exception as exc:  # noqa: BLE001 - one broken handler must not stop the rest
-                _log.exception(f"handler {registration.name} failed: {_describe(exc)}", exc, handler=registration.name)
-                failed.append(registration.name)
+                why = _describe(exc)
+                _log.exception(f"handler {registration.name} failed: {why}", exc, handler=registration.name)
+                failed.append((registration.name, why))
                 continue
             if isinstance(event, Query) and reply is not None:
                 replies.append(reply.encode("utf-8") if isinstance(reply, str) else bytes(reply))
+                repliers.append(registration.name)
         reply = b"".join(replies)
         if isinstance(event, Query):
             budget = QUERY_REPLY_BUDGET - len(event.node.name.encode("utf-8"))
@@ -135,12 +142,12 @@ class Dispatcher:
                     "(query_response_size_limit 1024 minus envelope and node name); no reply sent"
                 )
                 _log.error(str(error))
-                return Outcome(tuple(failed) + ("<query reply>",), b"")
+                return Outcome((*failed, (", ".join(repliers), str(error))), b"")
         return Outcome(tuple(failed), reply)
 
     def reconcile(self, members: Sequence[Member]) -> Outcome:
         """Hand the full list of alive members to every handler that can reconcile."""
-        failed: list[str] = []
+        failed: list[tuple[str, str]] = []
         for registration in self._registrations:
             reconcile = getattr(registration.handler, "reconcile", None)
             if reconcile is None or not _takes_member_events(registration.events):
@@ -149,8 +156,9 @@ class Dispatcher:
             try:
                 reconcile(chosen)
             except Exception as exc:  # noqa: BLE001 - same contract as dispatch
-                _log.exception(f"handler {registration.name} failed to reconcile: {_describe(exc)}", exc)
-                failed.append(registration.name)
+                why = _describe(exc)
+                _log.exception(f"handler {registration.name} failed to reconcile: {why}", exc)
+                failed.append((registration.name, why))
         return Outcome(tuple(failed), b"")
 
     def run(
@@ -181,7 +189,7 @@ class Dispatcher:
                 out.flush()
         if outcome.failed:
             # Serf sends no reply for a non-zero exit, so this line cannot corrupt one.
-            _log.error_line(f"{len(outcome.failed)} handler(s) failed: {', '.join(outcome.failed)}")
+            _log.error_line(outcome.summary())
         return outcome.exit_code
 
 

@@ -84,7 +84,10 @@ def test_a_failing_handler_is_named_and_the_others_still_run(capsys: pytest.Capt
     assert ran == ["after"]
     err = capsys.readouterr().err
     assert "handler tests.test_dispatch.test_a_failing_handler_is_named_and_the_others_still_run.<locals>.broken failed: AttributeError: inside the handler" in err
-    assert err.splitlines()[-1].startswith("serf-handle: error: 1 handler(s) failed: ")
+    assert err.splitlines()[-1] == (
+        "serf-handle: error: handler tests.test_dispatch.test_a_failing_handler_is_named_and_the_others_still_run"
+        ".<locals>.broken failed: AttributeError: inside the handler"
+    )
 
 
 def test_bad_input_runs_nothing_and_exits_2(capsys: pytest.CaptureFixture[str]) -> None:

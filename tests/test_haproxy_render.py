@@ -71,10 +71,10 @@ def test_default_bind_and_socket(tmp_path: Path) -> None:
     text = HAProxyHandler(config=str(tmp_path / "h.cfg"))._render({})
     assert "    bind *:80\n" in text
     assert "stats socket /run/haproxy/admin.sock " in text
-    assert "stats socket /tmp/x.sock " in HAProxyHandler(socket="/tmp/x.sock")._render({})
-    assert "stats socket /tmp/v.sock " in HAProxyHandler(socket="/tmp/x.sock", vars={"socket": "/tmp/v.sock"})._render(
-        {}
-    )
+    reload = ["true"]
+    assert "stats socket /tmp/x.sock " in HAProxyHandler(socket="/tmp/x.sock", reload=reload)._render({})
+    live = HAProxyHandler(socket="/tmp/x.sock", reload=reload, vars={"socket": "/tmp/v.sock"})
+    assert "stats socket /tmp/v.sock " in live._render({})
 
 
 def test_servers_backends_and_routing(tmp_path: Path) -> None:

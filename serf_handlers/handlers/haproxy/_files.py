@@ -18,14 +18,23 @@ if TYPE_CHECKING:
     from typing import Callable
 
 
-def write_atomic(path: str, data: bytes, mode: int, validate: Callable[[str], None] | None = None) -> None:
-    """Replace `path` with `data`. If `validate(candidate)` raises, `path` is left untouched."""
+def write_atomic(
+    path: str,
+    data: bytes,
+    mode: int,
+    validate: Callable[[str], None] | None = None,
+    owner: tuple[int, int] | None = None,
+) -> None:
+    """Replace `path` with `data` (with `mode`, and `owner` as (uid, gid) if given).
+    If `validate(candidate)` raises, `path` is left untouched."""
     directory = os.path.dirname(os.path.abspath(path))
     candidate = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:
             os.fchmod(fd, mode)  # the umask may have narrowed it
+            if owner is not None and owner != (os.geteuid(), os.getegid()):
+                os.fchown(fd, *owner)  # e.g. root:haproxy, so HAProxy can still read it
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view) :]

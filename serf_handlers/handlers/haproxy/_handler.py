@@ -191,6 +191,11 @@ class HAProxyHandler:
             if changed:
                 from ._install import install
 
+                if not old.exists:
+                    # Record first that HAProxy has not got this config yet: should this run
+                    # die between install and reload, the next one must not take the
+                    # installed file for what HAProxy runs.
+                    self._save(old, new._replace(applied=applied, pending=old.pending))
                 install(o.config, text, o.check, o.haproxy)
                 _log.info("haproxy: config installed", config=o.config, servers=len(desired))
         except HandlerError:
@@ -206,10 +211,7 @@ class HAProxyHandler:
 
         reason, pending = self._live_update(applied, desired, old.pending, before, text, changed, drained)
         if reason is not None:
-            if o.reload is None:
-                if o.socket is not None:
-                    self._save(old, new._replace(applied=old.applied, pending=pending))
-                    raise HandlerError(f"the change needs a reload ({reason}) but no `reload` command is configured")
+            if o.reload is None:  # (never with a socket: the options require a reload then)
                 _log.info("haproxy: config changed; no reload command configured", reason=reason)
             else:
                 from ._install import reload

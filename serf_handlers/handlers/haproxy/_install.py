@@ -31,13 +31,15 @@ class ValidationError(HandlerError):
 
 def install(path: str, text: str, check: bool, haproxy: str) -> None:
     """Replace the config at `path` with `text`, validated first when `check`."""
+    owner = None
     try:
-        mode = stat.S_IMODE(os.stat(path).st_mode) & _ALLOWED_MODE
+        st = os.stat(path)
+        mode, owner = stat.S_IMODE(st.st_mode) & _ALLOWED_MODE, (st.st_uid, st.st_gid)
     except FileNotFoundError:
         mode = _DEFAULT_MODE
     try:
         checker = (lambda candidate: validate(haproxy, candidate)) if check else None
-        write_atomic(path, text.encode("utf-8"), mode, checker)
+        write_atomic(path, text.encode("utf-8"), mode, checker, owner)
     except OSError as exc:
         raise HandlerError(f"cannot write {path}: {exc}") from None
 

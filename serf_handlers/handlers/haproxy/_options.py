@@ -83,6 +83,10 @@ def parse(
         reload = tuple(reload)
     if socket is not None:
         socket = _path(socket, "socket")
+        if reload is None:
+            # Without a fallback, a change the runtime API cannot make (a new backend, or
+            # HAProxy's servers unknown after a crash or a lost state file) could never be applied.
+            raise ConfigError("socket: needs `reload` as well, the fallback for what the runtime API cannot do")
     if on_failed not in ON_FAILED:
         raise ConfigError(f"on_failed: expected one of {', '.join(ON_FAILED)}, got {on_failed!r}")
     if not isinstance(query, str) or not query or not _is_word(query) or "," in query:

@@ -1,0 +1,66 @@
+"""Many `serf-handle` processes at once (several agents sharing one load balancer's files,
+a manual run during an event): the state lock serialises them and no member is lost.
+(test_haproxy_handler.py runs 6 at once; this is the issue's 50.)"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests._reliability import HAPROXY, Site, member_line, sha
+from tests.harness import SERF_HANDLE
+
+pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")
+
+RUNS = 50
+
+
+def test_50_concurrent_runs_each_adding_a_member(tmp_path: Path) -> None:
+    site = Site(tmp_path / "site")
+    members = {f"web{i:02}": (f"127.0.{i // 200}.{i % 200 + 1}", 8000 + i) for i in range(RUNS)}
+    errors = [tmp_path / f"stderr{i}" for i in range(RUNS)]
+    runs: list[subprocess.Popen[bytes]] = []
+    started = time.monotonic()
+    try:
+        for (name, (addr, port)), err in zip(members.items(), errors):
+            with open(err, "wb") as stderr:
+                run = subprocess.Popen(
+                    [SERF_HANDLE, "--config", str(site.yml)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.DEVNULL,
+                    stderr=stderr,
+                    env=site.env("member-join"),
+                    start_new_session=True,
+                )
+            runs.append(run)
+            assert run.stdin is not None
+            run.stdin.write(member_line(name, addr, port=str(port)))
+            run.stdin.close()
+        codes = [run.wait(120) for run in runs]
+    finally:
+        for run in runs:
+            if run.poll() is None:
+                os.killpg(run.pid, signal.SIGKILL)
+                run.wait(10)
+    elapsed = time.monotonic() - started
+
+    assert codes == [0] * RUNS, [err.read_text() for err, code in zip(errors, codes) if code]
+    assert site.servers() == site.applied() == set(members)
+    assert sorted(site.server_lines()) == sorted(
+        f"server {name} {addr}:{port} weight 1 check inter 500ms fall 1 rise 1"
+        for name, (addr, port) in members.items()
+    )
+    check = subprocess.run(
+        [HAPROXY or "haproxy", "-c", "-f", str(site.config)], capture_output=True, timeout=30, check=False
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    reloads = site.reload_hashes()
+    assert reloads[-1] == sha(site.config.read_bytes())  # the last reload loaded all 50
+    assert 1 <= len(reloads) <= RUNS
+    assert site.temp_files() == []
+    print(f"\nconcurrency: {RUNS} concurrent serf-handle runs, all exit 0, {len(reloads)} reloads, {elapsed:.1f} s")
