@@ -187,3 +187,16 @@ def test_installed_config_mode_is_restrictive(tmp_path: Path, before: int | None
         path.chmod(before)
     install(str(path), "new\n", check=False, haproxy="haproxy")
     assert stat.S_IMODE(os.stat(path).st_mode) == after
+
+
+def test_candidates_of_killed_runs_are_removed_by_the_next_write(tmp_path: Path) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(dead.stdout)  # that process has exited
+    stale = tmp_path / f".haproxy.cfg.{dead_pid}.0badf00d.tmp"
+    live = tmp_path / f".haproxy.cfg.{os.getpid()}.0badf00d.tmp"  # a run still writing: left alone
+    other = tmp_path / f".state.json.{dead_pid}.0badf00d.tmp"  # another file's candidate: not ours to judge
+    for path in (stale, live, other):
+        path.write_text("partial")
+    write_atomic(str(tmp_path / "haproxy.cfg"), b"new", 0o640)
+    assert not stale.exists()
+    assert live.exists() and other.exists()

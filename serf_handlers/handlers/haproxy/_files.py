@@ -28,7 +28,9 @@ def write_atomic(
     """Replace `path` with `data` (with `mode`, and `owner` as (uid, gid) if given).
     If `validate(candidate)` raises, `path` is left untouched."""
     directory = os.path.dirname(os.path.abspath(path))
-    candidate = os.path.join(directory, f".{os.path.basename(path)}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    prefix = f".{os.path.basename(path)}."
+    _remove_stale_candidates(directory, prefix)
+    candidate = os.path.join(directory, f"{prefix}{os.getpid()}.{os.urandom(4).hex()}.tmp")
     fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
     try:
         try:
@@ -51,6 +53,33 @@ def write_atomic(
             pass
         raise
     fsync_dir(directory)
+
+
+def _remove_stale_candidates(directory: str, prefix: str) -> None:
+    """Delete candidates left by runs that were killed (kill -9, power loss) mid-write: the
+    PID in their name is gone. They are harmless (HAProxy loads no dotfile ending in .tmp),
+    but nothing else would ever remove them."""
+    try:
+        names = os.listdir(directory)
+    except FileNotFoundError:
+        return
+    for name in names:
+        pid = name[len(prefix) :].split(".", 1)[0]
+        if name.startswith(prefix) and name.endswith(".tmp") and pid.isdigit() and not _alive(int(pid)):
+            try:
+                os.unlink(os.path.join(directory, name))
+            except FileNotFoundError:
+                pass  # another run cleaned it up first
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # someone else's process
+    return True
 
 
 def fsync_dir(directory: str) -> None:
