@@ -379,16 +379,15 @@ class LoadBalancer:
         if agent:
             self.start_agent()
 
-    def reload_argv(self) -> list[str] | None:
-        """The handler's reload command (None: none yet, before HAProxy has a master PID)."""
+    def reload_argv(self) -> list[str]:
+        """The handler's reload command."""
         if self.mode == "naive":
             # What a naive setup runs: a fixed string, no member data in it.
             cfg, pid = self.config, self.pidfile
             return ["sh", "-c", f"exec haproxy -D -f {cfg} -p {pid} -sf $(cat {pid})"]
-        if self.count_reloads:
+        if self.count_reloads or not self.pidfile.exists():
+            # (Before HAProxy has a master PID only `render --write` runs, which never reloads.)
             return [sys.executable, "-c", RELOAD_SCRIPT, str(self.reloads), str(self.pidfile)]
-        if not self.pidfile.exists():
-            return None
         return ["kill", "-USR2", self.pidfile.read_text().split()[0]]
 
     def write_yml(self, template: Path | None = None) -> None:
@@ -408,9 +407,7 @@ class LoadBalancer:
             f"    haproxy: {shutil.which('haproxy')}",
             f"    vars: {{bind: '127.0.0.1:{self.port}', socket: {self.admin_socket}}}",
         ]
-        reload = self.reload_argv()
-        if reload is not None:
-            lines.append(f"    reload: {json.dumps(reload)}")
+        lines.append(f"    reload: {json.dumps(self.reload_argv())}")
         if self.socket is not None:
             lines.append(f"    socket: {self.socket}")
         if template is not None:
