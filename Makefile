@@ -4,9 +4,9 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the demo, the tests and the benchmarks run for real.
-APT_PACKAGES := serf haproxy nginx supervisor wrk hyperfine ruby socat docker.io debootstrap
+APT_PACKAGES := serf haproxy nginx supervisor wrk hyperfine ruby socat docker.io debootstrap bc
 
-.PHONY: all deps venv test unit demo bench lint clean
+.PHONY: all deps venv test unit demo bench bench-docker clean
 
 all: test
 
@@ -37,6 +37,9 @@ demo: deps venv
 
 bench: deps venv
 	$(PY) bench/run.py
+
+bench-docker: deps
+	bench/docker_images.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache
