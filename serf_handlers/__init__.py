@@ -1,7 +1,6 @@
 """serf-handlers: turn Serf membership events into infrastructure changes."""
 
 from ._typing import TYPE_CHECKING
-
 from .dispatch import Dispatcher
 from .errors import (
     ConfigError,

@@ -12,8 +12,8 @@ from __future__ import annotations
 import os
 import sys
 import time
-from ._typing import TYPE_CHECKING
 
+from ._typing import TYPE_CHECKING
 from .errors import ConfigError
 
 if TYPE_CHECKING:

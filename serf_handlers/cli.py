@@ -9,16 +9,16 @@ from __future__ import annotations
 import os
 import sys
 from types import SimpleNamespace
-from ._typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from typing import Callable, Mapping, Sequence
-    import argparse
 
 from . import __version__, _log
+from ._typing import TYPE_CHECKING
 from .config import Config, build_dispatcher, find_config, load_config
 from .dispatch import EXIT_BAD_INPUT, EXIT_HANDLER_FAILED, EXIT_OK, Dispatcher
 from .errors import ConfigError, SerfHandlersError
+
+if TYPE_CHECKING:
+    import argparse
+    from typing import Callable, Mapping, Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import marshal
 import os
-from ._typing import TYPE_CHECKING, NamedTuple
 
 from . import _log
+from ._typing import TYPE_CHECKING, NamedTuple
 from .dispatch import Dispatcher, validate_selector
 from .errors import ConfigError
 from .plugins import make_handler

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import os
 import sys
-from ._typing import TYPE_CHECKING, NamedTuple
 
 from . import _log
+from ._typing import TYPE_CHECKING, NamedTuple
 from .errors import ConfigError, EventError, ReplyTooLargeError, SerfHandlersError
 from .events import MEMBER_EVENTS, MemberEvent, Query, parse_event
 
 if TYPE_CHECKING:
-    from .events import Event, Member
     from typing import IO, Callable, Iterable, Mapping, Sequence, TypeVar, Union
+
+    from .events import Event, Member
 
 if TYPE_CHECKING:
     Reply = Union[str, bytes, None]

@@ -12,8 +12,8 @@ NamedTuples rather than dataclasses: Serf starts a process per event, and import
 from __future__ import annotations
 
 from types import MappingProxyType
-from ._typing import TYPE_CHECKING, NamedTuple
 
+from ._typing import TYPE_CHECKING, NamedTuple
 from .errors import EventError
 
 if TYPE_CHECKING:

@@ -13,13 +13,14 @@ or a plain function, which is the handler itself and takes no options.
 from __future__ import annotations
 
 import importlib
-from ._typing import TYPE_CHECKING
 
+from ._typing import TYPE_CHECKING
 from .errors import ConfigError, PluginError
 
 if TYPE_CHECKING:
-    from .events import Event
     from typing import Any, Callable, Mapping
+
+    from .events import Event
 
 ENTRY_POINT_GROUP = "serf_handlers.handlers"
 

@@ -10,7 +10,6 @@ both give byte-identical output for many states. Change both together.
 from __future__ import annotations
 
 from ..._typing import TYPE_CHECKING
-
 from ._servers import Server
 
 if TYPE_CHECKING:

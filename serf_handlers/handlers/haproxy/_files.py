@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import time
-from ..._typing import TYPE_CHECKING
 
+from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
 
 if TYPE_CHECKING:

@@ -17,9 +17,9 @@ and the run then fails (exit 1).
 from __future__ import annotations
 
 import os
-from ..._typing import TYPE_CHECKING
 
 from ... import _log
+from ..._typing import TYPE_CHECKING
 from ...dispatch import QUERY_REPLY_BUDGET
 from ...errors import ConfigError, HandlerError
 from ...events import MEMBER_EVENTS, MemberEvent, Query
@@ -30,9 +30,10 @@ from ._servers import Rejected, Server, from_member
 from ._state import State
 
 if TYPE_CHECKING:
-    from ...events import Event, Member
-    from ...dispatch import Reply
     from typing import Mapping, Sequence
+
+    from ...dispatch import Reply
+    from ...events import Event, Member
     from ._runtime import Drained
 
 QUERY_BUDGET = 900  # bytes; Serf drops a reply over about 1 KiB, node name included

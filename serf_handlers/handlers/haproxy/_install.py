@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import os
 import stat
-from ..._typing import TYPE_CHECKING
 
+from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
 from ._files import write_atomic
 

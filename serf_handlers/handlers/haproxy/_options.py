@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import os
-from ..._typing import TYPE_CHECKING, NamedTuple
 
+from ..._typing import TYPE_CHECKING, NamedTuple
 from ...errors import ConfigError
 from ._servers import is_token
 

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from ..._typing import TYPE_CHECKING
-
 from ..._log import escape
+from ..._typing import TYPE_CHECKING
 from ._servers import Server
 from ._state import State
 

@@ -16,9 +16,9 @@ anything that could split a command, as a last line of defence.
 from __future__ import annotations
 
 import time
-from ..._typing import TYPE_CHECKING, NamedTuple
 
 from ... import _log
+from ..._typing import TYPE_CHECKING, NamedTuple
 from ...errors import HandlerError
 from ._servers import Server
 

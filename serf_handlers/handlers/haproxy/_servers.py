@@ -10,6 +10,7 @@ Tags are passed to templates untouched; the built-in template never renders them
 from __future__ import annotations
 
 import ipaddress
+
 from ..._typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:

@@ -19,8 +19,8 @@ JSON, mode 0600, replaced atomically, read and written under an exclusive lock o
 from __future__ import annotations
 
 import os
-from ..._typing import TYPE_CHECKING, NamedTuple
 
+from ..._typing import TYPE_CHECKING, NamedTuple
 from ...errors import HandlerError
 from ._files import read_bytes, write_atomic
 from ._servers import Rejected, Server, from_json, to_json
