@@ -17,7 +17,7 @@ from . import _log
 from ._typing import TYPE_CHECKING, NamedTuple
 from .dispatch import Dispatcher, validate_selector
 from .errors import ConfigError
-from .plugins import make_handler
+from .plugins import make_handler, takes_role
 
 if TYPE_CHECKING:
     from typing import Any, Mapping
@@ -35,8 +35,7 @@ class HandlerSpec(NamedTuple):
     where: str  # "handlers[1]", for messages
     type: str
     events: tuple[str, ...] | None  # None: the handler's default
-    role: str | None
-    role_set: bool  # False: the handler's default role applies
+    role: str | None  # None: members of every role
     options: Mapping[str, Any]
 
 
@@ -99,9 +98,9 @@ def build_dispatcher(config: Config) -> Dispatcher:
     """Import and create every configured handler, and register it."""
     dispatcher = Dispatcher()
     for spec in config.handlers:
-        handler = make_handler(spec.type, spec.options, f"{config.source}: {spec.where} ({spec.type})")
+        handler = make_handler(spec.type, spec.options, f"{config.source}: {spec.where} ({spec.type})", spec.role)
         events = spec.events if spec.events is not None else getattr(handler, "default_events", ("*",))
-        role = spec.role if spec.role_set else getattr(handler, "default_role", None)
+        role = None if takes_role(handler) else spec.role
         try:
             dispatcher.register(handler, *events, role=role, name=f"{spec.type} ({spec.where})")
         except ConfigError as exc:
@@ -132,7 +131,7 @@ def _handler_spec(entry: object, source: str, where: str) -> HandlerSpec:
     for key in options:
         if not isinstance(key, str):
             raise ConfigError(f"{source}: {where}: option names must be strings, got {key!r}")
-    return HandlerSpec(where, kind, events, role, "role" in entry, options)
+    return HandlerSpec(where, kind, events, role, options)
 
 
 def _parse_yaml(path: str, source: bytes, cache_dir: str | None) -> object:

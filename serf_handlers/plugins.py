@@ -30,9 +30,15 @@ BUILTIN: Mapping[str, str] = {
 }
 
 
-def make_handler(kind: str, options: Mapping[str, Any], where: str) -> Callable[[Event], Any]:
-    """Resolve `kind` and create its handler; every failure is a PluginError naming it."""
+def make_handler(kind: str, options: Mapping[str, Any], where: str, role: str | None) -> Callable[[Event], Any]:
+    """Resolve `kind` and create its handler; every failure is a PluginError naming it.
+
+    A class that sets `takes_role = True` filters members by role itself, for instance to
+    notice a member whose role changed away: it gets the entry's `role` as an option.
+    """
     target = resolve(kind, where)
+    if role is not None and takes_role(target):
+        options = {**options, "role": role}
     if isinstance(target, type):
         try:
             return target(**options)  # type: ignore[no-any-return]
@@ -45,6 +51,10 @@ def make_handler(kind: str, options: Mapping[str, Any], where: str) -> Callable[
     if options:
         raise ConfigError(f"{where}: {', '.join(sorted(options))}: unknown option(s); a function handler takes none")
     return target
+
+
+def takes_role(target: object) -> bool:
+    return getattr(target, "takes_role", False) is True
 
 
 def resolve(kind: str, where: str) -> object:

@@ -660,3 +660,30 @@ def test_a_broken_template_keeps_the_membership_for_later(tmp_path: Path) -> Non
     template.write_text(Path(BUILTIN_TEMPLATE).read_text())
     env.event("member-update", web("web2", 8082))
     assert [line.split()[1] for line in env.server_lines()] == ["web1", "web2"]
+
+
+def test_a_member_whose_role_changes_away_is_removed(env: Env) -> None:
+    env.event("member-join", web("web1", 8081), web("web2", 8082))
+    moved = web("web2", 8082)._replace(role="db", tags=MappingProxyType({"role": "db", "port": "8082"}))
+    env.event("member-update", moved)
+    assert set(env.servers()) == {"web1"}
+    env.event("member-join", Member("db1", "127.0.0.9", "db"))  # other roles never become servers
+    assert set(env.servers()) == {"web1"}
+
+
+def test_reconcile_keeps_only_members_of_the_role(env: Env) -> None:
+    env.handler.reconcile([web("web1", 8081), Member("lb", "127.0.0.1", "lb"), Member("db1", "127.0.0.9", "db")])
+    assert set(env.servers()) == {"web1"}
+
+
+def test_config_role_reaches_the_handler_not_the_dispatcher(tmp_path: Path) -> None:
+    from serf_handlers.config import build_dispatcher, parse_config
+
+    config = parse_config(
+        {"handlers": [{"type": "haproxy", "role": "api", "config": str(tmp_path / "h.cfg"),
+                       "state": str(tmp_path / "s.json")}]},
+        "test.yml",
+    )
+    (registration,) = build_dispatcher(config).registrations
+    assert registration.role is None  # the handler sees every member, so it notices role changes
+    assert registration.handler.options.role == "api"  # type: ignore[attr-defined]

@@ -156,7 +156,7 @@ def test_bad_options_are_config_errors_naming_the_option(options: dict[str, obje
 
 def test_defaults() -> None:
     handler = HAProxyHandler()
-    assert handler.default_role == "web"
+    assert handler.options.role == "web" and handler.takes_role
     assert handler.default_events == (
         "member-join",
         "member-leave",

@@ -64,7 +64,9 @@ class HAProxyHandler:
     backend's name go to that backend; all others go to `backend`.
     """
 
-    default_role = "web"
+    # It filters members by role itself (not in the dispatcher), so that it also sees a
+    # member whose role changed away from `role`, and removes its server.
+    takes_role = True
 
     def __init__(self, **options: object) -> None:
         unknown = sorted(set(options) - set(Options._fields))
@@ -87,7 +89,8 @@ class HAProxyHandler:
         return None
 
     def reconcile(self, members: Sequence[Member]) -> None:
-        """Make the servers exactly `members` (the alive ones of our role), and apply that."""
+        """Make the servers exactly the alive `members` of our role, and apply that."""
+        members = [m for m in members if m.role == self.options.role]
         errors: list[str] = []
         with Lock(self._lock_path):
             try:
@@ -141,7 +144,8 @@ class HAProxyHandler:
             servers = dict(old.servers)
             names = {s.name: node for node, s in servers.items()}
             for member in event.members:
-                if event.type in ("member-join", "member-update"):
+                ours = member.role == self.options.role
+                if event.type in ("member-join", "member-update") and ours:
                     try:
                         server = self._server(member, names)
                     except Rejected as exc:
@@ -151,7 +155,7 @@ class HAProxyHandler:
                     servers[member.name] = server
                     names[server.name] = member.name
                 elif member.name not in servers:
-                    continue
+                    continue  # another role's member, or one we never had
                 elif event.type == "member-failed" and self.options.on_failed == "maint":
                     servers[member.name] = servers[member.name]._replace(maint=True)
                 else:

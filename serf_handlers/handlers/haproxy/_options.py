@@ -20,6 +20,7 @@ RESERVED_VARS = frozenset({"backends", "servers", "default_backend"})
 
 
 class Options(NamedTuple):
+    role: str
     port: int
     backend: str
     config: str
@@ -35,6 +36,7 @@ class Options(NamedTuple):
 
 
 def parse(
+    role: object = "web",
     port: object = 80,
     backend: object = "web",
     config: object = DEFAULT_CONFIG,
@@ -48,6 +50,8 @@ def parse(
     on_failed: object = "remove",
     query: object = "backends",
 ) -> Options:
+    if not isinstance(role, str) or not role:
+        raise ConfigError(f"role: expected a non-empty string, got {role!r}")
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise ConfigError(f"port: expected an integer from 1 to 65535, got {port!r}")
     if not is_token(backend):
@@ -91,7 +95,7 @@ def parse(
         raise ConfigError(f"on_failed: expected one of {', '.join(ON_FAILED)}, got {on_failed!r}")
     if not isinstance(query, str) or not query or not _is_word(query) or "," in query:
         raise ConfigError(f"query: expected a query name (no spaces or commas), got {query!r}")
-    return Options(port, backend, config, template, dict(vars), state, check, haproxy, reload, socket, on_failed, query)
+    return Options(role, port, backend, config, template, dict(vars), state, check, haproxy, reload, socket, on_failed, query)
 
 
 def _path(value: object, option: str) -> str:
