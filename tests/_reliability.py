@@ -135,6 +135,23 @@ class Site:
             check=False,
         )
 
+    def spawn(self, event: str, stdin: bytes, stderr: Path) -> subprocess.Popen[bytes]:
+        """Start one run without waiting, in its own process group (so a kill takes its
+        `haproxy -c` and reload too); `stdin` is written and closed."""
+        with open(stderr, "wb") as err:
+            run = subprocess.Popen(
+                [SERF_HANDLE, "--config", str(self.yml)],
+                stdin=subprocess.PIPE,
+                stdout=subprocess.DEVNULL,
+                stderr=err,
+                env=self.env(event),
+                start_new_session=True,
+            )
+        assert run.stdin is not None
+        run.stdin.write(stdin)
+        run.stdin.close()
+        return run
+
     def join(self, *lines: bytes) -> subprocess.CompletedProcess[bytes]:
         return self.run("member-join", b"".join(lines))
 

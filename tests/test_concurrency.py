@@ -13,7 +13,6 @@ from pathlib import Path
 import pytest
 
 from tests._reliability import HAPROXY, Site, member_line, sha
-from tests.harness import SERF_HANDLE
 
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")
 
@@ -28,19 +27,7 @@ def test_50_concurrent_runs_each_adding_a_member(tmp_path: Path) -> None:
     started = time.monotonic()
     try:
         for (name, (addr, port)), err in zip(members.items(), errors):
-            with open(err, "wb") as stderr:
-                run = subprocess.Popen(
-                    [SERF_HANDLE, "--config", str(site.yml)],
-                    stdin=subprocess.PIPE,
-                    stdout=subprocess.DEVNULL,
-                    stderr=stderr,
-                    env=site.env("member-join"),
-                    start_new_session=True,
-                )
-            runs.append(run)
-            assert run.stdin is not None
-            run.stdin.write(member_line(name, addr, port=str(port)))
-            run.stdin.close()
+            runs.append(site.spawn("member-join", member_line(name, addr, port=str(port)), err))
         codes = [run.wait(120) for run in runs]
     finally:
         for run in runs:

@@ -31,7 +31,6 @@ from tests._reliability import (
     record_reload_argv,
     sha,
 )
-from tests.harness import SERF_HANDLE
 
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")
 
@@ -77,21 +76,10 @@ def test_kill_9_at_random_points_during_200_updates(tmp_path: Path) -> None:
         delay = rng.uniform(0, typical)
 
         err = tmp_path / "stderr"
-        with open(err, "wb") as stderr:
-            run = subprocess.Popen(
-                [SERF_HANDLE, "--config", str(site.yml)],
-                stdin=subprocess.PIPE,
-                stdout=subprocess.DEVNULL,
-                stderr=stderr,
-                env=site.env(kind),
-                start_new_session=True,  # its own process group: the kill takes `haproxy -c` and the reload too
-            )
+        run = site.spawn(kind, member_line(name, addr, port=str(port)), err)
         spawned = time.monotonic()
         killed = False
         try:
-            assert run.stdin is not None
-            run.stdin.write(member_line(name, addr, port=str(port)))
-            run.stdin.close()
             time.sleep(max(0.0, spawned + delay - time.monotonic()))
             if run.poll() is None:
                 os.killpg(run.pid, signal.SIGKILL)  # the group still exists: its leader is not reaped yet
