@@ -53,7 +53,9 @@ def _check(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: M
     if not dispatcher.registrations:
         print("handlers: none")
     for registration in dispatcher.registrations:
-        role = f" role={registration.role}" if registration.role is not None else ""
+        # A handler that takes its role (see plugins.make_handler) filters members itself.
+        role_filter = registration.role if registration.role is not None else getattr(registration.handler, "role", None)
+        role = f" role={role_filter}" if role_filter is not None else ""
         print(f"handler {registration.name}: events={','.join(registration.events)}{role}")
     return EXIT_OK
 

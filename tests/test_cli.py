@@ -263,3 +263,13 @@ def test_bad_command_line_exits_2(run, argv: list[str]) -> None:
     with pytest.raises(SystemExit) as info:
         run(argv)
     assert info.value.code == 2
+
+
+def test_check_shows_the_role_a_handler_filters_itself(run, tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        f"handlers:\n  - type: haproxy\n    role: api\n    config: {tmp_path / 'h.cfg'}\n    state: {tmp_path / 's.json'}\n",
+    )
+    code, out, _ = run(["check", "--config", path])
+    assert code == 0
+    assert "handler haproxy (handlers[0]): events=member-join,member-leave,member-failed,member-update,member-reap,query:backends role=api" in out

@@ -68,6 +68,10 @@ class HAProxyHandler:
     # member whose role changed away from `role`, and removes its server.
     takes_role = True
 
+    @property
+    def role(self) -> str:
+        return self.options.role
+
     def __init__(self, **options: object) -> None:
         unknown = sorted(set(options) - set(Options._fields))
         if unknown:
