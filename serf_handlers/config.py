@@ -159,10 +159,8 @@ def _parse_yaml(path: str, source: bytes, cache_dir: str | None) -> object:
 
 
 def _cache_path(path: str, cache_dir: str) -> str:
-    import zlib
-
-    real = os.path.realpath(path)
-    return os.path.join(cache_dir, f"config-{zlib.crc32(real.encode()):08x}.marshal")
+    # One entry per config file, named after its absolute path (no hashing to import).
+    return os.path.join(cache_dir, "config" + os.path.abspath(path).replace("%", "%25").replace("/", "%") + ".marshal")
 
 
 def _write_cache(cache: str, source: bytes, data: object) -> None:

@@ -15,9 +15,8 @@ import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 from tests.harness import SERF_HANDLE
 
@@ -227,15 +226,6 @@ class HAProxyCheck:
             self.runs += 1
             self.results[key] = (done.returncode == 0, (done.stdout + done.stderr).decode("utf-8", "replace"))
         return self.results[key]
-
-
-def short_tempdir() -> Iterator[Path]:
-    """A directory for unix sockets, whose paths must stay under 108 bytes."""
-    path = Path(tempfile.mkdtemp(prefix="hx", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 def admin(path: Path | str, command: str, timeout: float = 2.0) -> str:

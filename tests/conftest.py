@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Iterator
 
@@ -16,3 +18,14 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
         yield group
     finally:
         group.stop_all()
+
+
+@pytest.fixture
+def short_dir() -> Iterator[Path]:
+    """A directory for unix sockets: their paths must stay under 108 bytes, and pytest's
+    tmp_path can be longer."""
+    path = Path(tempfile.mkdtemp(prefix="hx", dir="/tmp"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)

@@ -9,7 +9,6 @@ import re
 import shutil
 import socket
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from types import MappingProxyType, SimpleNamespace
@@ -460,16 +459,6 @@ class FakeAdmin:
     def take(self) -> list[str]:
         commands, self.commands = self.commands, []
         return commands
-
-
-@pytest.fixture
-def short_dir() -> Iterator[Path]:
-    """Unix socket paths must stay under 108 bytes; pytest's tmp_path can be longer."""
-    path = Path(tempfile.mkdtemp(prefix="hx", dir="/tmp"))
-    try:
-        yield path
-    finally:
-        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ import re
 import shutil
 import subprocess
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -33,7 +33,6 @@ from tests._reliability import (
     live_servers,
     member_line,
     sha,
-    short_tempdir,
     stderr_lines,
     usr2_reload_argv,
 )
@@ -651,18 +650,13 @@ def test_hostile_names_and_tags_in_one_event(tmp_path: Path) -> None:
     assert site.config.read_bytes() == config and site.reload_hashes() == [sha(config)]
 
 
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    yield from short_tempdir()
-
-
 @pytest.mark.integration
 def test_hostile_names_through_the_runtime_api_of_a_real_haproxy(
-    tmp_path: Path, sockdir: Path, procs: Processes
+    tmp_path: Path, short_dir: Path, procs: Processes
 ) -> None:
     """The same batch with a running HAProxy and its admin socket: servers are added live
     (no reload) under the same safe names, and HAProxy's own list is exactly the valid members."""
-    sock, pidfile = sockdir / "admin.sock", tmp_path / "haproxy.pid"
+    sock, pidfile = short_dir / "admin.sock", tmp_path / "haproxy.pid"
     site = Site(tmp_path / "site", socket=str(sock))
     site.write_yml(
         reload=usr2_reload_argv(site.reloads, site.config, pidfile),

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
@@ -28,7 +28,6 @@ from tests._reliability import (
     live_servers,
     member_line,
     sha,
-    short_tempdir,
     stderr_lines,
     usr2_reload_argv,
 )
@@ -54,16 +53,11 @@ def the_failure(done: subprocess.CompletedProcess[bytes]) -> str:
     return failure
 
 
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    yield from short_tempdir()
-
-
 class LiveSite:
     """A site with an admin socket and a `kill -USR2 <master pid>` reload, HAProxy not started."""
 
-    def __init__(self, tmp_path: Path, sockdir: Path, **options: Any) -> None:
-        self.sock = sockdir / "admin.sock"
+    def __init__(self, tmp_path: Path, short_dir: Path, **options: Any) -> None:
+        self.sock = short_dir / "admin.sock"
         self.pidfile = tmp_path / "haproxy.pid"
         self.site = Site(tmp_path / "site", socket=str(self.sock))
         site = self.site
@@ -104,9 +98,9 @@ def _answers(sock: Path) -> bool:
     ],
 )
 def test_haproxy_down_fails_clearly_and_the_next_event_heals(
-    tmp_path: Path, sockdir: Path, procs: Processes, condition: str, says: str
+    tmp_path: Path, short_dir: Path, procs: Processes, condition: str, says: str
 ) -> None:
-    lb = LiveSite(tmp_path, sockdir)
+    lb = LiveSite(tmp_path, short_dir)
     site = lb.site
     listener = None
     if condition == "refusing":
@@ -145,10 +139,10 @@ def test_haproxy_down_fails_clearly_and_the_next_event_heals(
     wait_until(lambda: lb.live() == {"web1", "web2"}, timeout=10, what="HAProxy serving web1 and web2")
 
 
-def test_runtime_api_without_a_reload_fallback_is_refused_up_front(tmp_path: Path, sockdir: Path) -> None:
+def test_runtime_api_without_a_reload_fallback_is_refused_up_front(tmp_path: Path, short_dir: Path) -> None:
     # Without a reload, a change the runtime API cannot make (a new backend, or HAProxy's
     # servers unknown after a crash) could never be applied: refuse the config instead.
-    site = Site(tmp_path / "site", socket=str(sockdir / "admin.sock"))
+    site = Site(tmp_path / "site", socket=str(short_dir / "admin.sock"))
     site.write_yml(reload=None)
     done = site.join(WEB1)
     assert done.returncode == 2

@@ -12,12 +12,12 @@ import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 
 from serf_handlers import _log, cli
-from tests._reliability import FIXED_VARS, HAPROXY, Site, member_line, short_tempdir
+from tests._reliability import FIXED_VARS, HAPROXY, Site, member_line
 from tests.test_haproxy_handler import FakeAdmin
 
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")
@@ -88,11 +88,6 @@ def run(monkeypatch: pytest.MonkeyPatch, capsysbinary: pytest.CaptureFixture[byt
     return runner
 
 
-@pytest.fixture
-def sockdir() -> Iterator[Path]:
-    yield from short_tempdir()
-
-
 SAFE = r"[A-Za-z0-9_.-]{1,63}"
 ADDRESS = r"(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-f:]+\])"
 RUNTIME_COMMANDS = [
@@ -110,12 +105,12 @@ RUNTIME_COMMANDS = [
 
 
 def test_no_member_data_reaches_a_shell_an_argv_or_a_runtime_command(
-    run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, sockdir: Path
+    run: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, short_dir: Path
 ) -> None:
     recorder = Recorder(monkeypatch)
     site = Site(tmp_path / "site")
     reload_argv = site.options["reload"]
-    admin = FakeAdmin(str(sockdir / "admin.sock"))
+    admin = FakeAdmin(str(short_dir / "admin.sock"))
     try:
         live = Site(tmp_path / "live", socket=admin.path)
         live.write_yml(vars={**FIXED_VARS, "socket": admin.path})
