@@ -33,13 +33,13 @@ unit: venv
 	$(PY) -m pytest -ra -m 'not integration and not docker'
 
 demo: deps venv
-	$(PY) demo/demo.py
+	$(PY) -m demo
 
 bench: deps venv
-	$(PY) bench/run.py
+	$(PY) -m bench
 
 bench-docker: deps
-	bench/docker_images.sh
+	bench/assets/docker_images.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache

@@ -7,7 +7,7 @@ from typing import Iterator
 
 import pytest
 
-from tests.harness import Processes
+from support.processes import Processes
 
 
 @pytest.fixture

@@ -1,6 +1,14 @@
+"""Parsing Serf's events (serf_handlers/events.py): member lines, tags, user events, queries,
+the local node; and property-based: what Serf can send round-trips, anything else fails only
+with an EventError."""
+
 from __future__ import annotations
 
+import ipaddress
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from serf_handlers import EventError, Member, MemberEvent, Node, Query, UserEvent, parse_event
 from serf_handlers.events import parse_tags
@@ -147,3 +155,51 @@ def test_bad_input_raises_a_clear_error(env: dict[str, str], stdin: bytes, messa
         parse_event(env, stdin)
     assert message in str(info.value)
     assert "\n" not in str(info.value)
+
+
+# --- property-based (moved from test_properties.py) -------------------------------------
+
+# Text Serf can carry exactly: no literal "\t"/"\n" two-character sequences, because
+# Serf does not escape backslashes and such a sequence reads back as a real tab/newline.
+text = st.text(st.characters(blacklist_categories=("Cs",)), max_size=40).filter(
+    lambda s: "\\t" not in s and "\\n" not in s
+)
+names = text.filter(bool)
+tag_keys = text.filter(lambda s: s and "=" not in s and "," not in s)
+tag_values = text.filter(lambda s: "," not in s)  # "=" is fine: a key ends at its first "="
+addresses = st.one_of(st.ip_addresses(v=4), st.ip_addresses(v=6)).map(str)
+
+
+def serf_escape(value: str) -> str:
+    # What Serf's eventClean does to names, roles and tags before writing a member line.
+    return value.replace("\t", "\\t").replace("\n", "\\n")
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.tuples(names, addresses, text, st.dictionaries(tag_keys, tag_values, max_size=5)), max_size=20))
+def test_member_lines_round_trip(members: list[tuple[str, str, str, dict[str, str]]]) -> None:
+    stdin = "".join(
+        "\t".join([serf_escape(n), a, serf_escape(r), serf_escape(",".join(f"{k}={v}" for k, v in t.items()))]) + "\n"
+        for n, a, r, t in members
+    ).encode()
+    event = parse_event({"SERF_EVENT": "member-update"}, stdin)
+    assert isinstance(event, MemberEvent)
+    got = [(m.name, m.addr, m.role, dict(m.tags)) for m in event.members]
+    assert got == [(n, str(ipaddress.ip_address(a)), r, t) for n, a, r, t in members]
+
+
+event_types = st.sampled_from(["member-join", "member-leave", "member-failed", "member-update", "member-reap",
+                               "user", "query", "bogus", ""])
+
+
+@settings(max_examples=500, deadline=None)
+@given(event_types, st.dictionaries(st.sampled_from(["SERF_USER_EVENT", "SERF_USER_LTIME", "SERF_QUERY_NAME",
+                                                     "SERF_QUERY_LTIME", "SERF_SELF_NAME", "SERF_TAG_X"]),
+                                    st.text(max_size=8)),
+       st.binary(max_size=300) | st.lists(st.sampled_from([b"\t", b"\n", b"a", b"1.2.3.4", b"::1", b"=", b",",
+                                                           b"\\t", b"\xff", b" "]), max_size=40).map(b"".join))
+def test_anything_malformed_raises_only_event_error(kind: str, env: dict[str, str], stdin: bytes) -> None:
+    try:
+        parse_event({**env, "SERF_EVENT": kind}, stdin)
+    except EventError as exc:
+        assert str(exc) and "\n" not in str(exc)

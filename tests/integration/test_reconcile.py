@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.harness import SERF_HANDLE, Agent, Processes, cluster_sees, free_port, require, wait_until
+from support.processes import SERF_HANDLE, Agent, Processes, cluster_sees, free_port, require, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from serf_handlers.dispatch import QUERY_REPLY_BUDGET
-from tests.harness import SERF_HANDLE, Agent, Processes, cluster_sees, require, wait_until
+from support.processes import SERF_HANDLE, Agent, Processes, cluster_sees, require, wait_until
 
 pytestmark = pytest.mark.integration
 

@@ -24,19 +24,11 @@ from typing import Any
 
 import pytest
 
-from serf_handlers.handlers.haproxy._render import BUILTIN_TEMPLATE
+from serf_handlers.handlers.haproxy._jinja import BUILTIN_TEMPLATE
 from serf_handlers.handlers.haproxy._servers import server_name
-from tests._reliability import (
-    HAPROXY,
-    Site,
-    admin,
-    live_servers,
-    member_line,
-    sha,
-    stderr_lines,
-    usr2_reload_argv,
-)
-from tests.harness import Processes, free_port, start_haproxy, wait_until
+from support.admin import answers, live_servers
+from support.processes import Processes, free_port, start_haproxy, wait_until
+from support.site import HAPROXY, Site, member_line, sha, stderr_lines, usr2_reload_argv
 
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")
 
@@ -328,7 +320,7 @@ MALFORMED = [
         case(
             1,
             ["haproxy rejected the new config, old config kept: [ALERT]", CANDIDATE, "unknown keyword 'frobnicate'"],
-            template=GOOD_TEMPLATE.replace("rise 1", "rise 1 frobnicate"),
+            template=GOOD_TEMPLATE.replace("{{ server.options }}", "{{ server.options }} frobnicate"),
         ),
         id="template: haproxy rejects a server keyword",
     ),
@@ -669,7 +661,7 @@ def test_hostile_names_through_the_runtime_api_of_a_real_haproxy(
     assert site.run(None, args=["render", "--write"]).returncode == 0
     empty = site.config.read_bytes()
     start_haproxy(procs, site.config, pidfile)
-    wait_until(lambda: sock.exists() and admin(sock, "show info").startswith("Name: HAProxy"), what="haproxy socket")
+    wait_until(lambda: sock.exists() and answers(sock), what="haproxy socket")
 
     stdin, expected = hostile_batch(tmp_path / "canary", with_backend_tag=False)  # a new backend needs a reload
     done = site.join(stdin)

@@ -17,8 +17,8 @@ from typing import Any
 import pytest
 
 from serf_handlers import _log, cli
-from tests._reliability import FIXED_VARS, HAPROXY, Site, member_line
-from tests.test_haproxy_handler import FakeAdmin
+from support.site import FIXED_VARS, HAPROXY, Site, member_line
+from tests.test_haproxy_runtime import FakeAdmin
 
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")
 

@@ -1,4 +1,4 @@
-"""`make demo`: a real Serf cluster on loopback, with serf-handle as its event handler.
+"""`make demo` (`python -m demo` from the repository root): a real Serf cluster on loopback, with serf-handle as its event handler.
 
 Part 1 shows every kind of Serf event reaching the log handler. Part 2 runs HAProxy
 (master-worker) in front of nginx web nodes, each with its own serf agent, and shows the
@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from tests.harness import SERF_HANDLE, Agent, LoadBalancer, Processes, bodies, require, wait_until  # noqa: E402
+from support.processes import SERF_HANDLE, Agent, Processes, require, wait_until
+from support.site import Site, bodies, load_balancer
 
 
 def say(text: str) -> None:
@@ -99,7 +97,7 @@ handlers:
     events.show_until("query", "status")
 
 
-def show_rotation(lb: LoadBalancer) -> set[str]:
+def show_rotation(lb: Site) -> set[str]:
     seen = bodies(lb, 24)
     print(f"   24 requests to 127.0.0.1:{lb.port} were answered by: {', '.join(sorted(seen))}")
     return seen
@@ -107,7 +105,7 @@ def show_rotation(lb: LoadBalancer) -> set[str]:
 
 def haproxy_demo(procs: Processes) -> None:
     say("HAProxy (master-worker) with an empty backend, and agent 'lb' running the haproxy handler")
-    lb = LoadBalancer(procs, live=True)
+    lb = load_balancer(procs, live=True)
     print(f"   handler config {lb.yml}:")
     print("".join(f"     {line}\n" for line in lb.yml.read_text().splitlines()), end="")
 
@@ -130,6 +128,7 @@ def haproxy_demo(procs: Processes) -> None:
     print(f"   HAProxy reloads so far: {lb.reload_count()} (every change went through the runtime API)")
 
     say("serf query -tag role=lb backends: every load balancer's view")
+    assert lb.agent is not None
     print(lb.agent.serf("query", "-tag", "role=lb", "backends").stdout.rstrip())
 
     say(f"serf-handle status --config {lb.yml}")

@@ -1,5 +1,5 @@
-"""Real processes on loopback for integration tests, the demo and the benchmarks: serf
-agents, nginx, haproxy.
+"""Real processes on loopback for the tests, the demo and the benchmarks: serf agents,
+nginx, haproxy.
 
 Every process is started through a `Processes` group, which stops exactly the PIDs it
 started (SIGINT first, so serf agents leave gracefully; SIGKILL if they linger). A
@@ -122,10 +122,10 @@ def stop_daemon(pidfile: Path, marker: str | None = None) -> None:
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_alive(p) for p in pids):
+    while time.monotonic() < deadline and any(alive(p) for p in pids):
         time.sleep(0.05)
     for pid in pids:
-        if _alive(pid):
+        if alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -149,7 +149,7 @@ def _pids_with(marker: str, program: str) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
+def alive(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
             return f.read().split(") ", 1)[1][0] != "Z"
@@ -273,7 +273,7 @@ http {{
 """
     )
     proc = procs.start(f"nginx-{port}", ["nginx", "-p", str(root), "-c", str(conf)])
-    wait_until(lambda: _connects(port), timeout=10, what=f"nginx {name} on port {port}")
+    wait_until(lambda: connects(port), timeout=10, what=f"nginx {name} on port {port}")
     return proc
 
 
@@ -294,169 +294,12 @@ def start_haproxy_daemon(procs: Processes, config: Path, pidfile: Path) -> None:
     wait_until(lambda: pidfile.exists() and pidfile.read_text().strip(), what="haproxy pidfile")
 
 
-def _connects(port: int) -> bool:
+def connects(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=1):
             return True
     except OSError:
         return False
-
-
-# --- a load balancer: HAProxy + serf agent `lb` running serf-handle ------------------------
-
-RELOAD_SCRIPT = (
-    "import os, signal, sys; open(sys.argv[1], 'a').write('reload\\n');"
-    "os.kill(int(open(sys.argv[2]).read().split()[0]), signal.SIGUSR2)"
-)
-MODES = ("runtime", "reload", "naive")
-
-
-class LoadBalancer:
-    """HAProxy plus a serf agent `lb` whose event handler is `serf-handle` with a haproxy handler.
-
-    How a membership change reaches HAProxy (`mode`; by default `live` picks the first two):
-    - "runtime" (`live=True`): master-worker HAProxy, the handler's `socket` set: the
-      runtime API, with a reload only as the fallback;
-    - "reload": master-worker HAProxy, no socket: rewrite + SIGUSR2 to the master;
-    - "naive": daemonized HAProxy (`-D`), rewrite + `haproxy -D -f cfg -p pid -sf $(cat pid)`.
-    The master-worker reload is a small Python script that also counts reloads in `reloads`
-    (`reload_count()`); `count_reloads=False` makes it a bare `kill -USR2 <master>` instead.
-    `serf_handle` (another install's), `workdir` (default: the group's), `log_format` and `env`
-    (for serf-handle runs and the agent) are for the benchmarks; with `agent=False` the serf
-    agent is left to `start_agent()`.
-    """
-
-    agent: Agent
-
-    def __init__(
-        self,
-        procs: Processes,
-        live: bool = False,
-        *,
-        mode: str | None = None,
-        serf_handle: str = SERF_HANDLE,
-        workdir: Path | None = None,
-        log_format: str = "json",
-        count_reloads: bool = True,
-        env: dict[str, str] | None = None,
-        agent: bool = True,
-    ) -> None:
-        require("serf", "haproxy", "nginx")
-        self.mode = mode or ("runtime" if live else "reload")
-        if self.mode not in MODES:
-            raise ValueError(f"mode {self.mode!r}: expected one of {MODES}")
-        self.procs = procs
-        self.serf_handle = serf_handle
-        d = workdir or procs.workdir
-        d.mkdir(parents=True, exist_ok=True)
-        self.dir = d
-        self.config = d / "haproxy.cfg"
-        self.state = d / "state.json"
-        self.yml = d / "config.yml"
-        self.log_format = log_format
-        self.log = d / ("handler.jsonl" if log_format == "json" else "handler.log")
-        self.reloads = d / "reloads"
-        self.count_reloads = count_reloads
-        self.pidfile = d / "haproxy.pid"
-        self.admin_socket = d / "admin.sock"  # HAProxy's stats socket (in the template's vars)
-        self.socket = self.admin_socket if self.mode == "runtime" else None  # the handler's
-        self.port = free_port()
-        self.template: Path | None = None
-        self.env = {"SERF_HANDLERS_CACHE_DIR": str(d / "cache"), **(env or {})}
-        self.haproxy: subprocess.Popen[bytes] | None = None
-        self.webs: dict[str, Agent] = {}
-        self.write_yml()
-        # As an image does: an empty but valid config first, so HAProxy starts before any member.
-        self.run("render", "--write")
-        if self.mode == "naive":
-            start_haproxy_daemon(procs, self.config, self.pidfile)
-        else:
-            name = "haproxy" if d == procs.workdir else f"haproxy-{d.name}"
-            self.haproxy = start_haproxy(procs, self.config, self.pidfile, name=name)
-        wait_until(lambda: get(self.port)[0] == 503, what="haproxy serving (no servers yet: 503)")
-        if not count_reloads and self.mode != "naive":
-            self.write_yml()  # `kill -USR2 <master>`: now there is a master
-        if agent:
-            self.start_agent()
-
-    def reload_argv(self) -> list[str]:
-        """The handler's reload command."""
-        if self.mode == "naive":
-            # What a naive setup runs: a fixed string, no member data in it.
-            cfg, pid = self.config, self.pidfile
-            return ["sh", "-c", f"exec haproxy -D -f {cfg} -p {pid} -sf $(cat {pid})"]
-        if self.count_reloads or not self.pidfile.exists():
-            # (Before HAProxy has a master PID only `render --write` runs, which never reloads.)
-            return [sys.executable, "-c", RELOAD_SCRIPT, str(self.reloads), str(self.pidfile)]
-        return ["kill", "-USR2", self.pidfile.read_text().split()[0]]
-
-    def write_yml(self, template: Path | None = None) -> None:
-        lines = [
-            f"log: {{level: info, format: {self.log_format}, file: {self.log}}}",
-            "handlers:",
-            *self.handler_entries(template),
-        ]
-        self.yml.write_text("\n".join(lines) + "\n")
-
-    def handler_entries(self, template: Path | None = None) -> list[str]:
-        """The haproxy handler's entry in config.yml's `handlers:` list."""
-        lines = [
-            "  - type: haproxy",
-            f"    config: {self.config}",
-            f"    state: {self.state}",
-            f"    haproxy: {shutil.which('haproxy')}",
-            f"    vars: {{bind: '127.0.0.1:{self.port}', socket: {self.admin_socket}}}",
-        ]
-        lines.append(f"    reload: {json.dumps(self.reload_argv())}")
-        if self.socket is not None:
-            lines.append(f"    socket: {self.socket}")
-        if template is not None:
-            lines.append(f"    template: {template}")
-        return lines
-
-    def handler_command(self) -> str:
-        """The -event-handler value for the load balancer's serf agent."""
-        return f"{self.serf_handle} --config {self.yml}"
-
-    def run(self, *args: str, stdin: bytes = b"", env: dict[str, str] | None = None) -> None:
-        """`serf-handle ARGS --config <config.yml>` in this load balancer's environment."""
-        done = subprocess.run(
-            [self.serf_handle, *args, "--config", str(self.yml)],
-            input=stdin, env={**os.environ, **self.env, **(env or {})}, capture_output=True, timeout=120,
-        )
-        if done.returncode != 0:
-            raise RuntimeError(f"serf-handle {' '.join(args)}: exit {done.returncode}: "
-                               f"{done.stderr.decode(errors='replace')[-800:]}")
-
-    def start_agent(
-        self,
-        name: str = "lb",
-        join: Agent | None = None,
-        wait: bool = True,
-        before: Sequence[str] = (),
-        log_level: str = "debug",
-    ) -> Agent:
-        """The serf agent with role=lb, running the `before` handlers and then serf-handle."""
-        self.agent = Agent(self.procs, name, {"role": "lb"}, join=join, handlers=[*before, self.handler_command()],
-                           env=self.env, wait=wait, log_level=log_level)
-        return self.agent
-
-    def add_web(self, name: str, body: str, **tags: str) -> Agent:
-        """A web node: nginx answering `body`, and a serf agent with role=web and port=<nginx>."""
-        port = free_port()
-        start_nginx(self.procs, body, port, body)
-        agent = Agent(self.procs, name, {"role": "web", "port": str(port), **tags}, join=self.agent)
-        self.webs[name] = agent
-        return agent
-
-    def reload_count(self) -> int:
-        return len(self.reloads.read_text().splitlines()) if self.reloads.exists() else 0
-
-    def records(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.log.read_text().splitlines()] if self.log.exists() else []
-
-    def state_nodes(self) -> set[str]:
-        return set(json.loads(self.state.read_text())["servers"]) if self.state.exists() else set()
 
 
 def get(port: int, host: str | None = None, timeout: float = 3.0) -> tuple[int, str]:
@@ -471,8 +314,3 @@ def get(port: int, host: str | None = None, timeout: float = 3.0) -> tuple[int, 
         return 0, f"<{type(exc).__name__}>"
     finally:
         conn.close()
-
-
-def bodies(lb: LoadBalancer, n: int = 24) -> set[str]:
-    """What `n` fresh requests through HAProxy got back (roundrobin: enough to see every server)."""
-    return {body if status == 200 else f"<{status}>" for status, body in (get(lb.port) for _ in range(n))}

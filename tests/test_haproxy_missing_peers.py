@@ -21,17 +21,9 @@ import pytest
 
 from serf_handlers.handlers.haproxy._install import RELOAD_TIMEOUT
 from serf_handlers.handlers.haproxy._runtime import TIMEOUT as SOCKET_TIMEOUT
-from tests._reliability import (
-    HAPROXY,
-    Site,
-    admin,
-    live_servers,
-    member_line,
-    sha,
-    stderr_lines,
-    usr2_reload_argv,
-)
-from tests.harness import Processes, free_port, start_haproxy, wait_until
+from support.admin import answers, live_servers
+from support.processes import Processes, free_port, start_haproxy, wait_until
+from support.site import HAPROXY, Site, member_line, sha, stderr_lines, usr2_reload_argv
 
 pytestmark = pytest.mark.skipif(HAPROXY is None, reason="haproxy is not installed")
 
@@ -75,17 +67,10 @@ class LiveSite:
     def start_haproxy(self, procs: Processes) -> None:
         start_haproxy(procs, self.site.config, self.pidfile)
         wait_until(lambda: self.pidfile.exists() and self.pidfile.read_text().strip(), what="haproxy pidfile")
-        wait_until(lambda: _answers(self.sock), what="haproxy admin socket")
+        wait_until(lambda: answers(self.sock), what="haproxy admin socket")
 
     def live(self) -> set[str]:
         return set(live_servers(self.sock))
-
-
-def _answers(sock: Path) -> bool:
-    try:
-        return admin(sock, "show info").startswith("Name: HAProxy")
-    except OSError:
-        return False
 
 
 @pytest.mark.integration

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from serf_handlers.handlers.haproxy import _state
-from tests._reliability import (
+from support.site import (
     HAPROXY,
     HAProxyCheck,
     Site,

@@ -1,0 +1,47 @@
+"""HAProxy's admin socket, as the tests and the benchmarks read it: the package's own runtime
+API client (one command per connection, under a timeout, refusing anything that could split a
+command) and the one `show servers state` parser."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from serf_handlers.handlers.haproxy._runtime import Client, Unavailable
+
+__all__ = ["Unavailable", "admin", "answers", "live_servers"]
+
+
+def admin(path: Path | str, command: str, timeout: float = 2.0) -> str:
+    """One runtime API command to a real HAProxy admin socket; raises `Unavailable` if it
+    does not answer."""
+    return Client(str(path), timeout)(command)
+
+
+def answers(path: Path | str) -> bool:
+    """Whether HAProxy answers on its admin socket (for `wait_until`)."""
+    try:
+        return admin(path, "show info").startswith("Name: HAProxy")
+    except Unavailable:
+        return False
+
+
+def live_servers(path: Path | str, backend: str = "web") -> dict[str, tuple[str, str, str, str]]:
+    """HAProxy's own view: server name -> (addr, port, weight, admin state) from `show servers
+    state`; empty if HAProxy does not answer."""
+    try:
+        text = admin(path, f"show servers state {backend}")
+    except Unavailable:
+        return {}
+    lines = text.splitlines()
+    header = next((line for line in lines if line.startswith("# be_id")), None)
+    if header is None:
+        return {}
+    columns = header[2:].split()
+    servers = {}
+    for line in lines:
+        fields = line.split()
+        if line.startswith("#") or len(fields) != len(columns):
+            continue
+        row = dict(zip(columns, fields))
+        servers[row["srv_name"]] = (row["srv_addr"], row["srv_port"], row["srv_uweight"], row["srv_admin_state"])
+    return servers
