@@ -10,7 +10,7 @@ import os
 import sys
 from types import SimpleNamespace
 
-from . import __version__, _log
+from . import __version__, _cache, _log
 from ._typing import TYPE_CHECKING
 from .config import Config, build_dispatcher, find_config, load_config
 from .dispatch import EXIT_BAD_INPUT, EXIT_HANDLER_FAILED, EXIT_OK, Dispatcher
@@ -26,7 +26,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _event_args(argv) or _parser().parse_args(argv, namespace=SimpleNamespace())
     env = os.environ
     try:
-        config = load_config(*find_config(args.config, env), cache_dir=_cache_dir(env))
+        config = load_config(*find_config(args.config, env), cache_dir=_cache.cache_dir(env))
         quiet_query = args.command is None and env.get("SERF_EVENT") == "query"
         # A query's stderr is its reply: never configure an stderr log for one.
         try:
@@ -158,13 +158,6 @@ def _event_args(argv: Sequence[str]) -> SimpleNamespace | None:
         else:
             return None
     return args
-
-
-def _cache_dir(env: Mapping[str, str]) -> str | None:
-    if env.get("SERF_HANDLERS_CACHE_DIR"):
-        return env["SERF_HANDLERS_CACHE_DIR"]
-    base = env.get("XDG_CACHE_HOME") or (os.path.join(env["HOME"], ".cache") if env.get("HOME") else None)
-    return os.path.join(base, "serf-handlers") if base else None
 
 
 def _fail(message: str, code: int, debug: bool) -> int:

@@ -4,16 +4,13 @@ Validation happens in full before any handler runs, and every message names the 
 the place (`handlers[1].role`) and the problem.
 
 PyYAML is slow to import compared with a Python start, and Serf starts a process per
-event, so the parsed file is cached (with `marshal`) keyed by the file's exact bytes:
-YAML is only imported when the file changed.
+event, so the parsed file is cached (with `marshal`, see _cache.py) keyed by the file's
+exact bytes: YAML is only imported when the file changed.
 """
 
 from __future__ import annotations
 
-import marshal
-import os
-
-from . import _log
+from . import _cache, _log
 from ._typing import TYPE_CHECKING, NamedTuple
 from .dispatch import Dispatcher, validate_selector
 from .errors import ConfigError
@@ -23,7 +20,6 @@ if TYPE_CHECKING:
     from typing import Any, Mapping
 
 DEFAULT_PATH = "/etc/serf-handlers/config.yml"
-_CACHE_FORMAT = 1
 _LOG_KEYS = {"level", "format", "file"}
 _TOP_KEYS = {"log", "handlers"}
 _DEFAULT_HANDLERS: tuple[Mapping[str, object], ...] = ({"type": "log"},)
@@ -135,15 +131,9 @@ def _handler_spec(entry: object, source: str, where: str) -> HandlerSpec:
 
 
 def _parse_yaml(path: str, source: bytes, cache_dir: str | None) -> object:
-    cache = _cache_path(path, cache_dir) if cache_dir else None
-    if cache:
-        try:
-            with open(cache, "rb") as file:
-                fmt, cached_source, data = marshal.load(file)
-            if fmt == _CACHE_FORMAT and cached_source == source:
-                return data
-        except (OSError, EOFError, ValueError, TypeError):
-            pass  # no usable cache entry: parse the YAML below and rewrite it
+    cached = _cache.read(cache_dir, path, source) if cache_dir else None
+    if cached is not None:
+        return cached[0]
     import yaml
 
     try:
@@ -153,31 +143,9 @@ def _parse_yaml(path: str, source: bytes, cache_dir: str | None) -> object:
         place = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError(f"{path}: {place}invalid YAML: {problem}".replace("\n", " ")) from None
-    if cache:
-        _write_cache(cache, source, data)
+    if cache_dir:
+        _cache.write(cache_dir, path, source, data)
     return data
-
-
-def _cache_path(path: str, cache_dir: str) -> str:
-    # One entry per config file, named after its absolute path (no hashing to import).
-    return os.path.join(cache_dir, "config" + os.path.abspath(path).replace("%", "%25").replace("/", "%") + ".marshal")
-
-
-def _write_cache(cache: str, source: bytes, data: object) -> None:
-    try:
-        blob = marshal.dumps((_CACHE_FORMAT, source, data))  # type: ignore[arg-type]
-    except ValueError:
-        return  # YAML produced a type marshal cannot store (e.g. a date): just don't cache
-    tmp = f"{cache}.{os.getpid()}.tmp"
-    try:
-        os.makedirs(os.path.dirname(cache), mode=0o700, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as file:
-            file.write(blob)
-        os.replace(tmp, cache)
-    except OSError as exc:
-        # A read-only home directory only costs speed, never correctness.
-        _log.debug(f"config cache not written: {exc}", cache=cache)
 
 
 def _mapping(value: object, source: str, where: str) -> Mapping[Any, Any]:
