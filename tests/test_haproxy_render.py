@@ -16,7 +16,9 @@ from hypothesis import strategies as st
 
 from serf_handlers.events import Member
 from serf_handlers.handlers.haproxy import HAProxyHandler, _builtin
-from serf_handlers.handlers.haproxy._render import BUILTIN_TEMPLATE, TemplateError, render
+from serf_handlers.handlers.haproxy._jinja import BUILTIN_TEMPLATE, TemplateError, render
+from serf_handlers.handlers.haproxy._plan import wanted_from_members
+from serf_handlers.handlers.haproxy._render import context as render_context
 from serf_handlers.handlers.haproxy._servers import Rejected, Server, from_member
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
@@ -28,13 +30,9 @@ def handler(tmp_path: Path, **options: object) -> HAProxyHandler:
 
 
 def servers_of(h: HAProxyHandler, *members: Member) -> dict[str, Server]:
-    out: dict[str, Server] = {}
-    names: dict[str, str] = {}
-    for m in members:
-        server = h._server(m, names)
-        out[m.name] = server
-        names[server.name] = m.name
-    return out
+    wanted = wanted_from_members({}, members, h.options)
+    assert not wanted.skipped and len(wanted.servers) == len(members)
+    return wanted.servers
 
 
 def haproxy_check(tmp_path: Path, text: str) -> str:
@@ -146,7 +144,7 @@ def test_hostile_node_names_cannot_inject(tmp_path: Path, name: str) -> None:
 )
 def test_hostile_tags_that_would_be_rendered_are_rejected(tmp_path: Path, tags: dict[str, str]) -> None:
     with pytest.raises(Rejected):
-        handler(tmp_path)._server(Member("web1", "10.0.0.1", "web", MappingProxyType(tags)), {})
+        from_member("web1", "10.0.0.1", MappingProxyType(tags), 80, handler(tmp_path).options.backend)
 
 
 def test_custom_template_gets_vars_and_tags(tmp_path: Path) -> None:
@@ -213,7 +211,7 @@ def test_builtin_renderer_equals_the_jinja_template(members, backend: str, bind:
             servers[name] = from_member(name, addr, tags, 80, backend)._replace(maint=maint)
         except Rejected:
             continue
-    context = h._context(servers)
+    context = render_context(h.options, servers)
     assert _builtin.render(context) == render(BUILTIN_TEMPLATE, context)
 
 

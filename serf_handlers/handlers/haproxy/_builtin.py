@@ -68,7 +68,5 @@ def render(context: Mapping[str, object]) -> str:
         parts.append(f"\nbackend {name}\n")
         for s in members:
             disabled = " disabled" if s.maint else ""
-            parts.append(
-                f"    server {s.name} {s.address} weight {s.weight} check inter 500ms fall 1 rise 1{disabled}\n"
-            )
+            parts.append(f"    server {s.name} {s.address} {s.options}{disabled}\n")
     return "".join(parts)

@@ -61,8 +61,26 @@ def parse(
         template = _path(template, "template")
         if not os.path.isfile(template):
             raise ConfigError(f"template: {template}: no such file")
-    if vars is None:
-        vars = {}
+    vars = _vars({} if vars is None else vars)
+    state = _path(state, "state")
+    if not isinstance(check, bool):
+        raise ConfigError(f"check: expected true or false, got {check!r}")
+    haproxy = _path(haproxy, "haproxy")
+    reload = None if reload is None else _argv(reload)
+    if socket is not None:
+        socket = _path(socket, "socket")
+        if reload is None:
+            # Without a fallback, a change the runtime API cannot make (a new backend, or
+            # HAProxy's servers unknown after a crash or a lost state file) could never be applied.
+            raise ConfigError("socket: needs `reload` as well, the fallback for what the runtime API cannot do")
+    if on_failed not in ON_FAILED:
+        raise ConfigError(f"on_failed: expected one of {', '.join(ON_FAILED)}, got {on_failed!r}")
+    if not isinstance(query, str) or not query or not _is_word(query) or "," in query:
+        raise ConfigError(f"query: expected a query name (no spaces or commas), got {query!r}")
+    return Options(role, port, backend, config, template, vars, state, check, haproxy, reload, socket, on_failed, query)
+
+
+def _vars(vars: object) -> dict[str, Any]:
     if not isinstance(vars, dict):
         raise ConfigError(f"vars: expected a mapping, got {type(vars).__name__}")
     for key in vars:
@@ -75,27 +93,15 @@ def parse(
             raise ConfigError(f"vars.{key}: expected a non-empty word without spaces, quotes or '#'")
     if "bind" in vars and not _is_line(vars["bind"]):
         raise ConfigError("vars.bind: expected a non-empty, single-line string without '#' (e.g. '*:80')")
-    state = _path(state, "state")
-    if not isinstance(check, bool):
-        raise ConfigError(f"check: expected true or false, got {check!r}")
-    haproxy = _path(haproxy, "haproxy")
-    if reload is not None:
-        if isinstance(reload, str):
-            raise ConfigError("reload: expected an argv list such as [kill, -USR2, '1234'], not a shell string")
-        if not isinstance(reload, list) or not reload or not all(isinstance(a, str) and a for a in reload):
-            raise ConfigError(f"reload: expected a non-empty list of non-empty strings, got {reload!r}")
-        reload = tuple(reload)
-    if socket is not None:
-        socket = _path(socket, "socket")
-        if reload is None:
-            # Without a fallback, a change the runtime API cannot make (a new backend, or
-            # HAProxy's servers unknown after a crash or a lost state file) could never be applied.
-            raise ConfigError("socket: needs `reload` as well, the fallback for what the runtime API cannot do")
-    if on_failed not in ON_FAILED:
-        raise ConfigError(f"on_failed: expected one of {', '.join(ON_FAILED)}, got {on_failed!r}")
-    if not isinstance(query, str) or not query or not _is_word(query) or "," in query:
-        raise ConfigError(f"query: expected a query name (no spaces or commas), got {query!r}")
-    return Options(role, port, backend, config, template, dict(vars), state, check, haproxy, reload, socket, on_failed, query)
+    return dict(vars)
+
+
+def _argv(reload: object) -> tuple[str, ...]:
+    if isinstance(reload, str):
+        raise ConfigError("reload: expected an argv list such as [kill, -USR2, '1234'], not a shell string")
+    if not isinstance(reload, list) or not reload or not all(isinstance(a, str) and a for a in reload):
+        raise ConfigError(f"reload: expected a non-empty list of non-empty strings, got {reload!r}")
+    return tuple(reload)
 
 
 def _path(value: object, option: str) -> str:

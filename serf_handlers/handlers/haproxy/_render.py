@@ -1,58 +1,55 @@
-"""Render haproxy.cfg from an operator's Jinja2 template (the `template` option).
+"""haproxy.cfg from servers: the template context, and which renderer makes the text.
 
-Jinja2 is imported here, and only when such a template must really be rendered: importing
-it costs more than starting Python, and Serf starts a process per event. The built-in
-template is rendered by `_builtin` without Jinja2; this module renders its .j2 file only
-in tests, to prove that both agree.
-
-The environment: no autoescaping (this is not HTML), `StrictUndefined` (a misspelt
-variable is an error, not an empty string), `keep_trailing_newline`, and `trim_blocks` +
-`lstrip_blocks` so that `{% for %}` lines leave no blank lines or indentation behind.
+The built-in template is rendered by `_builtin` (plain Python: Jinja2 costs more to import
+than a Python start, and Serf starts a process per event); an operator's own template
+(the `template` option) by `_jinja`.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Any, Mapping
 
-from ...errors import HandlerError
+from ..._typing import TYPE_CHECKING
+from ._options import DEFAULT_SOCKET
+from ._servers import by_backend
 
-BUILTIN_TEMPLATE = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "templates", "haproxy.cfg.j2"
-)
+if TYPE_CHECKING:
+    from typing import Mapping
 
-_environments: dict[str, Any] = {}
-
-
-class TemplateError(HandlerError):
-    """The template could not be loaded or rendered; the message names it and the line."""
+    from ._options import Options
+    from ._servers import Server
 
 
-def render(template: str, context: Mapping[str, object]) -> str:
-    import jinja2
+def server_state_file(options: Options) -> str:
+    """Where HAProxy loads servers' state from at start-up (saved before every reload)."""
+    return str(context(options, {})["server_state_file"])
 
-    directory, name = os.path.split(os.path.abspath(template))
-    env = _environments.get(directory)
-    if env is None:
-        env = jinja2.Environment(
-            loader=jinja2.FileSystemLoader(directory),
-            autoescape=False,
-            undefined=jinja2.StrictUndefined,
-            keep_trailing_newline=True,
-            trim_blocks=True,
-            lstrip_blocks=True,
-        )
-        _environments[directory] = env
-    try:
-        text: str = env.get_template(name).render(context)
-    except jinja2.TemplateSyntaxError as exc:
-        raise TemplateError(f"template {exc.filename or template} line {exc.lineno}: {exc.message}") from None
-    except jinja2.TemplateNotFound as exc:
-        raise TemplateError(f"template {template}: not found ({exc})") from None
-    except jinja2.TemplateError as exc:
-        raise TemplateError(f"template {template}: {type(exc).__name__}: {exc}") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise TemplateError(f"template {template}: cannot read it: {exc}") from None
-    except Exception as exc:  # noqa: BLE001 - operator-written template code can fail in any way
-        raise TemplateError(f"template {template}: {type(exc).__name__}: {exc}") from None
-    return text
+
+def context(options: Options, servers: Mapping[str, Server]) -> dict[str, object]:
+    """The template variables: defaults, then the operator's `vars`, then the servers."""
+    backends = by_backend(servers, options.backend)
+    values: dict[str, object] = {
+        "bind": "*:80",
+        "socket": options.socket or DEFAULT_SOCKET,
+        "server_state_file": f"{os.path.abspath(options.config)}.state",
+        "user": "",  # workers drop root to this user and group when set
+        "group": "",
+    }
+    values.update(options.vars)
+    values.update(
+        backends=backends,
+        servers=[s for group in backends.values() for s in group],
+        default_backend=options.backend,
+    )
+    return values
+
+
+def render(options: Options, servers: Mapping[str, Server]) -> str:
+    """The whole haproxy.cfg for `servers`; raises a HandlerError naming a broken template."""
+    if options.template is None:
+        from . import _builtin
+
+        return _builtin.render(context(options, servers))
+    from ._jinja import render as render_template
+
+    return render_template(options.template, context(options, servers))

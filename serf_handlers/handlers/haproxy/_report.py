@@ -4,21 +4,13 @@ from __future__ import annotations
 
 from ..._log import escape
 from ..._typing import TYPE_CHECKING
-from ._servers import Server
+from ._servers import Server, by_backend
 from ._state import State
 
 if TYPE_CHECKING:
     from typing import Mapping
 
 TRUNCATED = "truncated"
-
-
-def by_backend(servers: Mapping[str, Server], default_backend: str) -> dict[str, list[Server]]:
-    """Backend name -> its servers sorted by name; the default backend is always there."""
-    backends: dict[str, list[Server]] = {default_backend: []}
-    for server in sorted(servers.values(), key=lambda s: (s.backend, s.name)):
-        backends.setdefault(server.backend, []).append(server)
-    return dict(sorted(backends.items()))
 
 
 def table(state: State, default_backend: str) -> str:

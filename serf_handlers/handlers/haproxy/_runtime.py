@@ -1,7 +1,7 @@
 """HAProxy's runtime API (the admin socket): change servers live, with no reload.
 
-A reload closes idle keep-alive connections; the runtime API touches none (see
-HAPROXY.md), so membership changes go through it whenever it can express them:
+A reload closes idle keep-alive connections; the runtime API touches none, so
+membership changes go through it whenever it can express them:
 - add: `add server` (in maintenance) with every option on the line (runtime servers
   ignore `default-server`), `enable health`, `enable server`;
 - remove: `set server ... state drain`, a short wait (once per run), `state maint`, `del
@@ -18,22 +18,21 @@ from __future__ import annotations
 import time
 
 from ... import _log
-from ..._typing import TYPE_CHECKING, NamedTuple
+from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
-from ._servers import Server
+from ._files import read_bytes, write_atomic
+from ._servers import RUNTIME_OPTIONS
 
 if TYPE_CHECKING:
     from typing import Callable, Iterable, Mapping
 
+    from ._plan import Key, RuntimeChange
+    from ._servers import Server
+
+    API = Callable[[str], str]
+
 TIMEOUT = 2.0  # seconds per command; HAProxy answers in well under a millisecond
 DRAIN_SECONDS = 0.1  # drain before maint, or `del server` is refused under keep-alive load
-# Servers added at runtime ignore `default-server`, and without both pool options every
-# request to them opens a new connection; keep in step with the built-in template.
-ADD_OPTIONS = "check inter 500ms fall 1 rise 1 pool-max-conn -1 pool-purge-delay 5s"
-
-Key = tuple[str, str]  # (backend, server)
-if TYPE_CHECKING:
-    API = Callable[[str], str]
 
 
 class Unavailable(HandlerError):
@@ -74,93 +73,101 @@ class Client:
         return b"".join(chunks).decode("utf-8", "replace").strip()
 
 
-def removed(old: Mapping[str, Server], new: Mapping[str, Server]) -> list[Server]:
-    """The servers of `old` that `new` no longer has at the same backend/name."""
-    return [s for node, s in sorted(old.items()) if node not in new or new[node].key != s.key]
+class Runtime:
+    """The admin socket for one run: one client, the servers drained early (and when),
+    the deletions left pending, and the server-state save before a reload."""
 
+    def __init__(self, path: str, timeout: float = TIMEOUT, drain_seconds: float = DRAIN_SECONDS) -> None:
+        self.client = Client(path, timeout)
+        self.drain_seconds = drain_seconds
+        self.drained: set[Key] = set()
+        self.drained_at = 0.0  # time.monotonic() of the last drain
 
-def drain_early(api: API, old: Mapping[str, Server], new: Mapping[str, Server]) -> "Drained":
-    """Start draining the servers about to go, before the slow part of a run (rendering,
-    `haproxy -c`), so that the drain time overlaps it. Best effort: `apply` redoes whatever
-    did not work. A drained server of a node that left is harmless even if the run fails."""
-    keys: set[Key] = set()
-    for server in removed(old, new):
-        if server.maint:
-            continue
+    def drain_early(self, servers: Iterable[Server]) -> None:
+        """Start draining servers about to go before the slow part of a run (`haproxy -c`),
+        so the drain time overlaps it. Best effort: `apply` redoes whatever did not work."""
+        for server in servers:
+            try:
+                if _done_or_gone(self.client(f"set server {server.path} state drain")):
+                    self.drained.add(server.key)
+                    self.drained_at = time.monotonic()
+            except Unavailable:
+                return
+
+    def apply(self, change: RuntimeChange) -> tuple[Key, ...]:
+        """Send `change`; return the deletions HAProxy refused (still pending).
+
+        Raises Unexpressible when HAProxy refuses a change, Unavailable when it does not answer.
+        """
+        api = self.client
+        for server in change.drain:
+            if server.key not in self.drained:
+                _expect(api, f"set server {server.path} state drain", _done_or_gone)
+                self.drained.add(server.key)
+                self.drained_at = time.monotonic()
+        if change.drain:
+            # Once per run, whatever the number of servers; time since an early drain counts.
+            time.sleep(max(0.0, self.drained_at + self.drain_seconds - time.monotonic()))
+        for server in change.drain:
+            _expect(api, f"set server {server.path} state maint", _done_or_gone)
+
+        pending = []
+        for backend, name in change.delete:
+            reply = api(f"del server {backend}/{name}")
+            if reply not in ("Server deleted.", "No such server.", "No such backend."):
+                # Not a failure: it is in maintenance, gone from the config, and retried later.
+                _log.info("haproxy: server deletion deferred", server=f"{backend}/{name}", reply=reply)
+                pending.append((backend, name))
+
+        for server in change.add:
+            reply = api(f"add server {server.path} {server.address} {server.options} {RUNTIME_OPTIONS}")
+            if reply.startswith("Already exists a server with the same name"):
+                # An earlier deletion was deferred: the server is still there, in maintenance.
+                _set_addr(api, server)
+                _expect(api, f"set weight {server.path} {server.weight}", _done)
+            elif reply != "New server registered.":
+                raise Unexpressible(f"add server {server.path}: {reply}")
+            reply = api(f"enable health {server.path}")
+            if reply:
+                _log.warning("haproxy: enable health refused", server=server.path, reply=reply)
+            _expect(api, f"set server {server.path} state {_state(server)}", _done)
+
+        for before, after in change.update:
+            if (before.addr, before.port) != (after.addr, after.port):
+                _set_addr(api, after)
+            if before.weight != after.weight:
+                _expect(api, f"set weight {after.path} {after.weight}", _done)
+            if before.maint != after.maint:
+                _expect(api, f"set server {after.path} state {_state(after)}", _done)
+        return tuple(pending)
+
+    def save_server_state(self, path: str, servers: Mapping[str, Server]) -> None:
+        """Before a reload: save what HAProxy knows (health, maintenance) for the new worker."""
         try:
-            if _done_or_gone(api(f"set server {server.path} state drain")):
-                keys.add(server.key)
-        except Unavailable:
-            break
-    return Drained(frozenset(keys), time.monotonic())
+            live = self.client("show servers state")
+        except Unavailable as exc:
+            _log.warning(f"haproxy: server state not saved: {exc}")
+            live = None
+        save_server_state(path, servers, live)
 
 
-class Drained(NamedTuple):
-    keys: frozenset[Key]
-    at: float  # time.monotonic() when they were drained
+def save_server_state(path: str, servers: Mapping[str, Server], live: str | None = None) -> None:
+    """Write `live` (`show servers state`), else the file saved last time, to `path`,
+    keeping only lines that agree with the new config (see `filter_server_state`)."""
+    text = live
+    if text is None:
+        raw = read_bytes(path)
+        text = None if raw is None else raw.decode("utf-8", "replace")
+    if text is None:
+        return
+    try:
+        write_atomic(path, filter_server_state(text, servers).encode("utf-8"), 0o644)
+    except OSError as exc:
+        _log.warning(f"haproxy: cannot write the server state file: {exc}", path=path)
 
 
-def apply(
-    api: API,
-    old: Mapping[str, Server],
-    new: Mapping[str, Server],
-    pending: Iterable[Key],
-    drain_seconds: float = DRAIN_SECONDS,
-    drained: Drained | None = None,
-) -> tuple[Key, ...]:
-    """Turn HAProxy's servers from `old` into `new`; return the deletions still pending.
-
-    Raises Unexpressible when HAProxy refuses a change, Unavailable when it does not answer.
-    """
-    gone = removed(old, new)
-    added = [s for node, s in sorted(new.items()) if node not in old or old[node].key != s.key]
-    changed = [(old[node], s) for node, s in sorted(new.items()) if node in old and old[node].key == s.key]
-    waiting = set(pending)
-
-    draining = [s for s in gone if not s.maint]
-    early = drained or Drained(frozenset(), 0.0)
-    late = [s for s in draining if s.key not in early.keys]
-    for server in late:
-        _expect(api, f"set server {server.path} state drain", _done_or_gone)
-    if draining:
-        # Once per run, whatever the number of servers; time already spent since an early drain counts.
-        since = time.monotonic() if late else early.at
-        time.sleep(max(0.0, since + drain_seconds - time.monotonic()))
-    for server in draining:
-        _expect(api, f"set server {server.path} state maint", _done_or_gone)
-    waiting.update(s.key for s in gone)
-
-    readded = {s.key for s in added}
-    for backend, name in sorted(waiting - readded):
-        reply = api(f"del server {backend}/{name}")
-        if reply in ("Server deleted.", "No such server.", "No such backend."):
-            waiting.discard((backend, name))
-        else:
-            # Not a failure: it is in maintenance, gone from the config, and retried later.
-            _log.info("haproxy: server deletion deferred", server=f"{backend}/{name}", reply=reply)
-
-    for server in added:
-        reply = api(f"add server {server.path} {server.address} weight {server.weight} {ADD_OPTIONS}")
-        if reply.startswith("Already exists a server with the same name"):
-            # An earlier deletion was deferred: the server is still there, in maintenance.
-            _set_addr(api, server)
-            _expect(api, f"set weight {server.path} {server.weight}", _done)
-        elif reply != "New server registered.":
-            raise Unexpressible(f"add server {server.path}: {reply}")
-        reply = api(f"enable health {server.path}")
-        if reply:
-            _log.warning("haproxy: enable health refused", server=server.path, reply=reply)
-        _expect(api, f"set server {server.path} state {'maint' if server.maint else 'ready'}", _done)
-        waiting.discard(server.key)
-
-    for before, after in changed:
-        if (before.addr, before.port) != (after.addr, after.port):
-            _set_addr(api, after)
-        if before.weight != after.weight:
-            _expect(api, f"set weight {after.path} {after.weight}", _done)
-        if before.maint != after.maint:
-            _expect(api, f"set server {after.path} state {'maint' if after.maint else 'ready'}", _done)
-    return tuple(sorted(waiting))
+def _state(server: Server) -> str:
+    return "maint" if server.maint else "ready"
 
 
 def _set_addr(api: API, server: Server) -> None:

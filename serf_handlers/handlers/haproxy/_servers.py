@@ -9,9 +9,9 @@ Tags are passed to templates untouched; the built-in template never renders them
 
 from __future__ import annotations
 
-import ipaddress
-
 from ..._typing import TYPE_CHECKING, NamedTuple
+from ...errors import EventError
+from ...events import parse_addr
 
 if TYPE_CHECKING:
     from typing import Any, Mapping, TypeGuard
@@ -22,6 +22,14 @@ DEFAULT_WEIGHT = 1
 _HASH_SEP = "--"
 _HASH_LEN = 10
 _HEX = frozenset("0123456789abcdef")
+
+# The options of every `server` line, defined once: the built-in template, the Jinja2
+# template (through its context) and the runtime `add server` command all use them, so a
+# server added live behaves exactly like the same server after a reload.
+CHECK_OPTIONS = "check inter 500ms fall 1 rise 1"
+# Servers added at runtime ignore `default-server`, and without both pool options every
+# request to them would open a new connection.
+RUNTIME_OPTIONS = "pool-max-conn -1 pool-purge-delay 5s"
 
 
 class Rejected(ValueError):
@@ -53,6 +61,19 @@ class Server(NamedTuple):
     def path(self) -> str:
         """`backend/server`, as runtime API commands name a server."""
         return f"{self.backend}/{self.name}"
+
+    @property
+    def options(self) -> str:
+        """What follows the address on its `server` line (and in `add server`)."""
+        return f"weight {self.weight} {CHECK_OPTIONS}"
+
+
+def by_backend(servers: Mapping[str, Server], default_backend: str) -> dict[str, list[Server]]:
+    """Backend name -> its servers sorted by name; the default backend is always there."""
+    backends: dict[str, list[Server]] = {default_backend: []}
+    for server in sorted(servers.values(), key=lambda s: (s.backend, s.name)):
+        backends.setdefault(server.backend, []).append(server)
+    return dict(sorted(backends.items()))
 
 
 def is_token(text: object) -> TypeGuard[str]:
@@ -103,13 +124,12 @@ def _int_tag(tags: Mapping[str, str], key: str, default: int, low: int, high: in
 
 
 def _canonical_ip(addr: object, where: str) -> str:
-    if not isinstance(addr, str) or "%" in addr:
-        raise Rejected(f"{where}: address {addr!r} is not an IP address")
     try:
-        canonical = str(ipaddress.ip_address(addr))
-    except ValueError:
-        raise Rejected(f"{where}: address {addr!r} is not an IP address") from None
-    return canonical
+        if isinstance(addr, str):
+            return parse_addr(addr, where)
+    except EventError:
+        pass  # reworded below: the event parser's message names stdin, not the member
+    raise Rejected(f"{where}: address {addr!r} is not an IP address")
 
 
 # --- the state file's form -------------------------------------------------------------

@@ -1,0 +1,251 @@
+"""The haproxy handler's plan: which servers are wanted, and what one run must do to get
+there. Pure functions: no files, sockets or processes; a fake renderer stands in for the
+template."""
+
+from __future__ import annotations
+
+from types import MappingProxyType
+from typing import Mapping
+
+import pytest
+
+from serf_handlers.events import Member
+from serf_handlers.handlers.haproxy._options import parse
+from serf_handlers.handlers.haproxy._plan import (
+    NO_CHANGE,
+    Plan,
+    make_plan,
+    runtime_change,
+    wanted_after_event,
+    wanted_from_members,
+)
+from serf_handlers.handlers.haproxy._servers import Server, from_member
+from serf_handlers.handlers.haproxy._state import EMPTY, State
+
+RELOAD = parse(reload=["kill", "-USR2", "1"])
+LIVE = parse(reload=["kill", "-USR2", "1"], socket="/run/admin.sock")
+
+
+def server(node: str, port: int = 80, weight: int = 1, backend: str = "web", maint: bool = False) -> Server:
+    """The server a member `node` tagged like this becomes (default tags left out)."""
+    tags = {"port": str(port)}
+    if weight != 1:
+        tags["weight"] = str(weight)
+    if backend != "web":
+        tags["backend"] = backend
+    return from_member(node, "10.0.0.1", tags, 80, "web")._replace(maint=maint)
+
+
+def servers(*items: Server) -> dict[str, Server]:
+    return {s.node: s for s in items}
+
+
+def fake_render(wanted: Mapping[str, Server]) -> str:
+    return "".join(f"{s.path} {s.address} {s.options}{' maint' if s.maint else ''}\n" for s in sorted(wanted.values()))
+
+
+A, B, C = server("a", 8081), server("b", 8082), server("c", 8083)
+
+
+def plan(old: State, wanted: Mapping[str, Server], installed: str | None, options=LIVE, full: bool = False) -> Plan:
+    return make_plan(old, wanted, installed, fake_render, options, full)
+
+
+def applied(*items: Server, pending: tuple[tuple[str, str], ...] = ()) -> State:
+    """A state in which HAProxy is known to run exactly `items`."""
+    return State(servers(*items), servers(*items), pending)
+
+
+# --- make_plan: a table of runs ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "wanted", "installed", "options", "expected"),
+    [
+        pytest.param(
+            applied(A, B), servers(A, B), fake_render(servers(A, B)), LIVE,
+            {"text": None, "runtime": NO_CHANGE, "reload": None, "intent": None},
+            id="repeated event: nothing at all",
+        ),
+        pytest.param(
+            applied(A, pending=(("web", "old"),)), servers(A), fake_render(servers(A)), LIVE,
+            {"text": None, "runtime": NO_CHANGE._replace(delete=(("web", "old"),)), "reload": None,
+             "reload_if_runtime_fails": False},
+            id="repeated event retries a deferred deletion, never reloads for it",
+        ),
+        pytest.param(
+            applied(A), servers(A, B), fake_render(servers(A)), LIVE,
+            {"text": fake_render(servers(A, B)), "runtime": NO_CHANGE._replace(add=(B,)), "reload": None},
+            id="join through the runtime API",
+        ),
+        pytest.param(
+            applied(A, B), servers(A), fake_render(servers(A, B)), LIVE,
+            {"text": fake_render(servers(A)), "runtime": NO_CHANGE._replace(drain=(B,), delete=(B.key,)),
+             "reload": None},
+            id="leave: drain, maint, delete",
+        ),
+        pytest.param(
+            applied(A), servers(A._replace(weight=5)), fake_render(servers(A)), LIVE,
+            {"runtime": NO_CHANGE._replace(update=((A, A._replace(weight=5)),)), "reload": None},
+            id="re-weight",
+        ),
+        pytest.param(
+            applied(A), servers(A._replace(tags={"dc": "x"})), fake_render(servers(A)), LIVE,
+            {"text": None, "runtime": NO_CHANGE, "reload": None},
+            id="a tag nobody renders changes nothing",
+        ),
+        pytest.param(
+            applied(A), servers(A, server("x", backend="api")), fake_render(servers(A)), LIVE,
+            {"runtime": NO_CHANGE, "reload": "backends added ['api'] or removed []"},
+            id="a new backend needs a reload",
+        ),
+        pytest.param(
+            applied(A), servers(A, B), "edited by hand\n", LIVE,
+            {"runtime": NO_CHANGE, "reload": "the installed config was not the one HAProxy runs"},
+            id="installed file is not what HAProxy runs",
+        ),
+        pytest.param(
+            State(servers(A), None), servers(A, B), fake_render(servers(A)), LIVE,
+            {"runtime": NO_CHANGE, "reload": "HAProxy's current servers are unknown", "intent": None},
+            id="an earlier run failed before HAProxy got its config",
+        ),
+        pytest.param(
+            EMPTY, servers(A), None, RELOAD,
+            {"text": fake_render(servers(A)), "reload": "HAProxy's current servers are unknown",
+             "intent": State(servers(A), None, (), exists=False)},
+            id="first run: intent saved before installing",
+        ),
+        pytest.param(
+            EMPTY, servers(A), fake_render({}), LIVE,
+            {"runtime": NO_CHANGE._replace(add=(A,)), "reload": None,
+             "intent": State(servers(A), {}, (), exists=False)},
+            id="first run over the empty config `render --write` installed",
+        ),
+        pytest.param(
+            EMPTY, servers(A), fake_render(servers(A)), LIVE,
+            {"text": None, "runtime": NO_CHANGE, "reload": None, "intent": None},
+            id="state lost, installed config already says this",
+        ),
+        pytest.param(
+            applied(A), servers(A, B), fake_render(servers(A)), RELOAD,
+            {"text": fake_render(servers(A, B)), "runtime": NO_CHANGE, "reload": "config changed"},
+            id="reload mode: a change reloads",
+        ),
+        pytest.param(
+            applied(A), servers(A._replace(tags={"dc": "x"})), fake_render(servers(A)), RELOAD,
+            {"text": None, "reload": None},
+            id="reload mode: nothing rendered changed, no reload",
+        ),
+    ],
+)
+def test_make_plan(old: State, wanted: dict[str, Server], installed: str | None, options, expected: dict) -> None:
+    result = plan(old, wanted, installed, options)
+    assert {key: getattr(result, key) for key in expected} == expected
+    # Whatever happens, the new membership is never lost, and HAProxy's record is only
+    # moved forward at the end.
+    assert result.rollback == old._replace(servers=wanted, applied=old.applied)
+    assert result.done.servers == result.done.applied == wanted
+
+
+def test_reconcile_goes_through_even_when_the_state_says_done() -> None:
+    # `full`: the state may be wrong about HAProxy; the plan still computes the change.
+    old = applied(A, pending=(("web", "gone"),))
+    result = plan(old, servers(A), "edited by hand\n", full=True)
+    assert result.text == fake_render(servers(A))
+    assert result.reload == "the installed config was not the one HAProxy runs"
+
+
+def test_a_broken_template_fails_the_plan_before_anything_happens() -> None:
+    def broken(wanted: Mapping[str, Server]) -> str:
+        raise RuntimeError("template error")
+
+    with pytest.raises(RuntimeError):
+        make_plan(applied(A), servers(A, B), fake_render(servers(A)), broken, LIVE)
+
+
+# --- runtime_change ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "pending", "expected"),
+    [
+        pytest.param(servers(A, B), servers(A, B), (), NO_CHANGE, id="no change"),
+        pytest.param(
+            servers(A, B._replace(maint=True)), servers(A), (),
+            NO_CHANGE._replace(delete=(B.key,)), id="a server already in maintenance is not drained",
+        ),
+        pytest.param(
+            servers(A), servers(A, B), (B.key,), NO_CHANGE._replace(add=(B,)),
+            id="a deferred deletion that comes back is revived, not deleted",
+        ),
+        pytest.param(
+            servers(A), servers(A._replace(backend="api")), (),
+            NO_CHANGE._replace(drain=(A,), delete=(A.key,), add=(A._replace(backend="api"),)),
+            id="moving to another backend is a delete and an add",
+        ),
+        pytest.param(
+            servers(A), servers(A._replace(port=9, maint=True)), (),
+            NO_CHANGE._replace(update=((A, A._replace(port=9, maint=True)),)), id="move and maintenance",
+        ),
+    ],
+)
+def test_runtime_change(old, new, pending, expected) -> None:
+    assert runtime_change(old, new, pending) == expected
+
+
+# --- wanted servers ----------------------------------------------------------------------
+
+
+def member(name: str, role: str = "web", addr: str = "10.0.0.1", **tags: str) -> Member:
+    return Member(name, addr, role, MappingProxyType(tags))
+
+
+MAINT = parse(on_failed="maint")
+
+
+@pytest.mark.parametrize(
+    ("old", "kind", "members", "options", "expected", "skipped"),
+    [
+        pytest.param({}, "member-join", [member("a", port="8081")], RELOAD, servers(A), [], id="join"),
+        pytest.param({}, "member-join", [member("db1", role="db")], RELOAD, {}, [], id="another role is ignored"),
+        pytest.param(servers(A, B), "member-leave", [member("a")], RELOAD, servers(B), [], id="leave"),
+        pytest.param(servers(A), "member-reap", [member("a")], RELOAD, {}, [], id="reap"),
+        pytest.param(servers(A), "member-failed", [member("a")], RELOAD, {}, [], id="failed: removed"),
+        pytest.param(
+            servers(A), "member-failed", [member("a")], MAINT, servers(A._replace(maint=True)), [],
+            id="failed with on_failed maint",
+        ),
+        pytest.param(
+            servers(A), "member-update", [member("a", role="db")], RELOAD, {}, [], id="role changed away: removed",
+        ),
+        pytest.param(
+            servers(A), "member-update", [member("a", port="x")], RELOAD, servers(A), ["a"],
+            id="an invalid update keeps the last valid form",
+        ),
+        pytest.param(
+            {}, "member-join", [member("a", port="x"), member("b", port="8082")], RELOAD, servers(B), ["a"],
+            id="an invalid member is skipped, the others apply",
+        ),
+    ],
+)
+def test_wanted_after_event(old, kind, members, options, expected, skipped) -> None:
+    wanted = wanted_after_event(old, kind, members, options)
+    assert wanted.servers == expected
+    assert [node for node, _ in wanted.skipped] == skipped
+
+
+def test_wanted_from_members_keeps_a_bad_members_last_form_unless_its_name_is_taken() -> None:
+    old = servers(A, B)
+    members = [member("a", port="bad"), member("b", port="8082"), member("c", port="8083")]
+    wanted = wanted_from_members(old, members, RELOAD)
+    assert wanted.servers == servers(A, B, C)
+    assert [node for node, _ in wanted.skipped] == ["a"]
+    # Only members of the role, and nothing from the old state that is not alive now.
+    assert wanted_from_members(old, [member("c", port="8083"), member("x", role="db")], RELOAD).servers == servers(C)
+
+
+def test_two_nodes_cannot_share_a_server_name() -> None:
+    # "a b" sanitises to a hashed name, never to another node's plain name.
+    first = wanted_from_members({}, [member("a b"), member("a_b")], RELOAD)
+    names = [s.name for s in first.servers.values()]
+    assert len(set(names)) == 2 and not first.skipped
