@@ -1,5 +1,6 @@
 """The haproxy handler end to end, without HAProxy running: events to state, config and reloads
-(a fake reload command that counts), and the runtime API against a fake admin socket."""
+(a fake reload command that counts). The runtime API against a fake admin socket is in
+test_haproxy_runtime.py; many serf-handle runs at once in test_haproxy_concurrency.py."""
 
 from __future__ import annotations
 
@@ -7,20 +8,18 @@ import io
 import os
 import re
 import shutil
-import socket
 import sys
-import threading
 from pathlib import Path
 from types import MappingProxyType, SimpleNamespace
-from typing import Iterator
 
 import pytest
 
 from serf_handlers import _log, cli
-from serf_handlers.errors import ConfigError, HandlerError
+from serf_handlers.errors import HandlerError
 from serf_handlers.events import Member, MemberEvent, Node, Query
 from serf_handlers.handlers.haproxy import HAProxyHandler, _state
-from serf_handlers.handlers.haproxy._runtime import filter_server_state
+from support.site import count_reload_argv as reload_argv
+from support.site import reload_lines
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
 
@@ -41,7 +40,7 @@ class Env:
         self.handler(MemberEvent(kind, members, Node("lb", "lb")))  # type: ignore[arg-type]
 
     def reload_count(self) -> int:
-        return len(self.reloads.read_text().splitlines()) if self.reloads.exists() else 0
+        return len(reload_lines(self.reloads))
 
     def servers(self) -> dict[str, tuple[str, int, str]]:
         return {n: (s.addr, s.port, s.backend) for n, s in _state.load(str(self.state)).servers.items()}
@@ -53,10 +52,6 @@ class Env:
         """Everything a no-op must leave alone: the files' inodes, times and bytes, the reloads."""
         files = [p for p in (self.config, self.state) if p.exists()]
         return tuple((p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in files) + (self.reload_count(),)
-
-
-def reload_argv(counter: Path) -> list[str]:
-    return [sys.executable, "-c", "import sys; open(sys.argv[1], 'a').write('reload\\n')", str(counter)]
 
 
 def web(
@@ -365,276 +360,6 @@ def test_reconcile_keeps_the_last_good_form_of_a_member_gone_bad(env: Env) -> No
     with pytest.raises(HandlerError, match="web1"):
         env.handler.reconcile([web("web1", tags={"port": "x"}), web("web2", 8082)])
     assert env.servers() == {"web1": ("127.0.0.1", 8081, "web"), "web2": ("127.0.0.1", 8082, "web")}
-
-
-# --- the runtime API, against a fake admin socket --------------------------------------
-
-
-class FakeAdmin:
-    """Answers HAProxy 2.6 runtime API commands the way the real one does, for a few backends."""
-
-    def __init__(self, path: str, backends: tuple[str, ...] = ("web",)) -> None:
-        self.path = path
-        self.commands: list[str] = []
-        self.backends = set(backends)
-        self.static: set[str] = set()  # backends with a non-dynamic balance algorithm
-        self.busy: set[str] = set()  # servers whose deletion is refused (connections open)
-        self.servers: dict[str, dict[str, str]] = {}
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.bind(path)
-        self._sock.listen(16)
-        self._sock.settimeout(0.05)
-        self._stop = False
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        self._stop = True
-        self._thread.join(5)
-        self._sock.close()
-
-    def _serve(self) -> None:
-        while not self._stop:
-            try:
-                conn, _ = self._sock.accept()
-            except socket.timeout:
-                continue
-            with conn:
-                data = b""
-                while chunk := conn.recv(4096):
-                    data += chunk
-                conn.sendall(self.answer(data.decode().strip()).encode())
-
-    def answer(self, command: str) -> str:
-        self.commands.append(command)
-        words = command.split()
-        target = words[2] if len(words) > 2 else ""
-        server = self.servers.get(target)
-        if command == "show servers state":
-            rows = [
-                f"1 {k.split('/')[0]} 1 {k.split('/')[1]} {s['addr']} 2 {s['admin']} {s['weight']} {s['weight']} 1 "
-                f"6 3 4 6 0 0 0 - {s['port']} - 0 0 - - 0"
-                for k, s in self.servers.items()
-            ]
-            header = (
-                "# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_iweight "
-                "srv_time_since_last_change srv_check_status srv_check_result srv_check_health srv_check_state "
-                "srv_agent_state bk_f_forced_id srv_f_forced_id srv_fqdn srv_port srvrecord srv_use_ssl "
-                "srv_check_port srv_check_addr srv_agent_addr srv_agent_port"
-            )
-            return "\n".join(["1", header, *rows]) + "\n\n"
-        if words[:2] == ["add", "server"]:
-            backend = target.split("/")[0]
-            if backend not in self.backends:
-                return "No such backend.\n"
-            if backend in self.static:
-                return "Backend must use a dynamic load balancing to support dynamic servers.\n"
-            if server is not None:
-                return "Already exists a server with the same name in backend.\n"
-            addr, _, port = words[3].rpartition(":")
-            self.servers[target] = {"addr": addr.strip("[]"), "port": port, "weight": words[5], "admin": "1"}
-            return "New server registered.\n\n"
-        if server is None:
-            return "No such server.\n\n"
-        if words[:2] == ["enable", "health"]:
-            return "\n"
-        if words[:2] == ["set", "weight"]:
-            server["weight"] = words[3]
-            return "\n"
-        if words[:2] == ["set", "server"] and words[3] == "state":
-            server["admin"] = {"ready": "0", "drain": "8", "maint": "1"}[words[4]]
-            return "\n"
-        if words[:2] == ["set", "server"] and words[3] == "addr":
-            server.update(addr=words[4], port=words[6])
-            return f"IP changed from 'x' to '{words[4]}', port changed from 'y' to '{words[6]}'\n\n"
-        if words[:2] == ["del", "server"]:
-            if server["admin"] != "1":
-                return "Only servers in maintenance mode can be deleted.\n"
-            if target in self.busy:
-                return "Server still has connections attached to it, cannot remove it.\n"
-            del self.servers[target]
-            return "\n\nServer deleted.\n"
-        return "Unknown command\n"
-
-    def take(self) -> list[str]:
-        commands, self.commands = self.commands, []
-        return commands
-
-
-@pytest.fixture
-def live(short_dir: Path) -> Iterator[tuple[Env, FakeAdmin]]:
-    admin = FakeAdmin(str(short_dir / "admin.sock"), backends=("web", "api"))
-    try:
-        env = Env(short_dir, socket=admin.path, vars={"bind": "127.0.0.1:18080", "socket": admin.path})
-        env.handler.render(write=True)  # as an image does before starting HAProxy
-        yield env, admin
-    finally:
-        admin.close()
-
-
-ADD = "check inter 500ms fall 1 rise 1 pool-max-conn -1 pool-purge-delay 5s"
-
-
-def test_runtime_add_and_remove_without_reload(live: tuple[Env, FakeAdmin]) -> None:
-    env, admin = live
-    env.event("member-join", web("web1", 8081), web("web2", 8082, addr="::1", weight="4"))
-    assert admin.take() == [
-        f"add server web/web1 127.0.0.1:8081 weight 1 {ADD}",
-        "enable health web/web1",
-        "set server web/web1 state ready",
-        f"add server web/web2 [::1]:8082 weight 4 {ADD}",
-        "enable health web/web2",
-        "set server web/web2 state ready",
-    ]
-    assert len(env.server_lines()) == 2  # the config is rewritten so a later reload keeps them
-    env.event("member-leave", web("web1", 8081))
-    assert admin.take() == ["set server web/web1 state drain", "set server web/web1 state maint", "del server web/web1"]
-    assert env.reload_count() == 0
-    before = env.snapshot()
-    env.event("member-leave", web("web1", 8081))
-    env.event("member-update", web("web2", 8082, addr="::1", weight="4"))
-    assert admin.take() == [] and env.snapshot() == before
-
-
-def test_runtime_updates_move_and_reweight(live: tuple[Env, FakeAdmin]) -> None:
-    env, admin = live
-    env.event("member-join", web("web1", 8081))
-    admin.take()
-    env.event("member-update", web("web1", 9091, weight="9"))
-    assert admin.take() == ["set server web/web1 addr 127.0.0.1 port 9091", "set weight web/web1 9"]
-    assert admin.servers["web/web1"]["port"] == "9091"
-    assert env.reload_count() == 0
-
-
-def test_refused_delete_is_pending_retried_and_revived(live: tuple[Env, FakeAdmin]) -> None:
-    env, admin = live
-    env.event("member-join", web("web1", 8081), web("web2", 8082))
-    admin.busy.add("web/web1")
-    env.event("member-leave", web("web1", 8081))  # not a failure
-    assert _state.load(str(env.state)).pending == (("web", "web1"),)
-    assert "web1" not in env.config.read_text()
-    assert "deleting" in env.handler.status()
-    admin.take()
-    env.event("member-update", web("web2", 8082))  # nothing else to do: the deletion is retried
-    assert admin.take() == ["del server web/web1"]
-    # It comes back while its deletion is still pending: revive it.
-    env.event("member-join", web("web1", 8085))
-    assert admin.take() == [
-        f"add server web/web1 127.0.0.1:8085 weight 1 {ADD}",
-        "set server web/web1 addr 127.0.0.1 port 8085",
-        "set weight web/web1 1",
-        "enable health web/web1",
-        "set server web/web1 state ready",
-    ]
-    assert _state.load(str(env.state)).pending == ()
-    assert admin.servers["web/web1"] == {"addr": "127.0.0.1", "port": "8085", "weight": "1", "admin": "0"}
-    admin.busy.clear()
-    env.event("member-leave", web("web1", 8085))
-    assert "web/web1" not in admin.servers and env.reload_count() == 0
-
-
-def test_on_failed_maint_through_the_runtime_api(short_dir: Path) -> None:
-    admin = FakeAdmin(str(short_dir / "admin.sock"))
-    try:
-        env = Env(short_dir, socket=admin.path, on_failed="maint")
-        env.handler.render(write=True)
-        env.event("member-join", web("web1", 8081))
-        admin.take()
-        env.event("member-failed", web("web1", 8081))
-        assert admin.take() == ["set server web/web1 state maint"]
-        env.event("member-join", web("web1", 8081))
-        assert admin.take() == ["set server web/web1 state ready"]
-        assert env.reload_count() == 0
-    finally:
-        admin.close()
-
-
-@pytest.mark.parametrize(
-    ("setup", "members"),
-    [
-        pytest.param(lambda a: None, [web("n1", 80, backend="newbackend")], id="new backend"),
-        pytest.param(lambda a: a.static.add("web"), [web("n1", 80)], id="non-dynamic balance algorithm"),
-        pytest.param(lambda a: a.backends.discard("web"), [web("n1", 80)], id="HAProxy lacks the backend"),
-        pytest.param(lambda a: a.close(), [web("n1", 80)], id="socket does not answer"),
-    ],
-)
-def test_reload_is_the_fallback(live: tuple[Env, FakeAdmin], setup, members: list[Member]) -> None:
-    env, admin = live
-    admin.servers["web/old"] = {"addr": "10.0.0.1", "port": "80", "weight": "1", "admin": "0"}
-    setup(admin)
-    env.event("member-join", *members)
-    assert env.reload_count() == 1
-    assert len(env.server_lines()) == 1
-    assert _state.load(str(env.state)).applied == _state.load(str(env.state)).servers
-
-
-def test_server_state_is_saved_before_a_reload_without_stale_lines(live: tuple[Env, FakeAdmin]) -> None:
-    env, admin = live
-    env.event("member-join", web("web1", 8081), web("web2", 8082))
-    admin.servers["web/web2"]["port"] = "1"  # HAProxy disagrees: that line must not survive
-    env.event("member-join", web("a1", 9000, backend="newbackend"))
-    assert env.reload_count() == 1
-    saved = (env.dir / "haproxy.cfg.state").read_text().splitlines()
-    assert saved[0] == "1" and saved[1].startswith("# be_id")
-    assert [line.split()[3] for line in saved[2:]] == ["web1"]
-
-
-def test_socket_without_reload_command_is_a_config_error(short_dir: Path) -> None:
-    with pytest.raises(ConfigError, match="socket: needs `reload` as well"):
-        Env(short_dir, socket=str(short_dir / "admin.sock"), reload=None)
-
-
-def test_filter_server_state_keeps_only_agreeing_lines() -> None:
-    from serf_handlers.handlers.haproxy._servers import Server
-
-    header = "# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_port"
-    text = "\n".join(
-        [
-            "1",
-            header,
-            "3 web 1 ok 10.0.0.1 2 0 1 80",
-            "3 web 2 moved 10.0.0.2 2 0 1 81",
-            "3 web 3 drained 10.0.0.3 2 8 1 80",
-            "3 web 4 gone 10.0.0.4 2 0 1 80",
-            "3 web 5 keptmaint 10.0.0.5 2 1 1 80",
-            "garbage",
-        ]
-    )
-    servers = {
-        n: Server(n, n, addr, 80, 1, "web", {}, maint=(n == "keptmaint"))
-        for n, addr in [("ok", "10.0.0.1"), ("moved", "10.0.0.2"), ("drained", "10.0.0.3"), ("keptmaint", "10.0.0.5")]
-    }
-    kept = filter_server_state(text, servers).splitlines()
-    assert kept == ["1", header, "3 web 1 ok 10.0.0.1 2 0 1 80", "3 web 5 keptmaint 10.0.0.5 2 1 1 80"]
-
-
-def test_concurrent_serf_handle_runs_lose_no_member(tmp_path: Path) -> None:
-    """Several `serf-handle` processes at once (several agents' handlers, a manual run)."""
-    import subprocess
-
-    config = write_config(tmp_path)
-    serf_handle = str(Path(sys.executable).parent / "serf-handle")
-    env = {**os.environ, "SERF_EVENT": "member-join", "SERF_HANDLERS_CACHE_DIR": str(tmp_path / "cache")}
-    runs = [
-        subprocess.Popen(
-            [serf_handle, "--config", str(config)], stdin=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env
-        )
-        for _ in range(6)
-    ]
-    try:
-        for i, run in enumerate(runs):
-            assert run.stdin is not None
-            run.stdin.write(f"web{i}\t127.0.0.{i + 1}\tweb\tport=80{i}\n".encode())
-            run.stdin.close()
-        assert [run.wait(120) for run in runs] == [0] * 6
-    finally:
-        for run in runs:
-            if run.poll() is None:
-                run.kill()
-                run.wait()
-    text = (tmp_path / "haproxy.cfg").read_text()
-    assert all(f"server web{i} 127.0.0.{i + 1}:80{i} " in text for i in range(6))
-    assert set(_state.load(str(tmp_path / "state.json")).servers) == {f"web{i}" for i in range(6)}
 
 
 def test_a_broken_template_keeps_the_membership_for_later(tmp_path: Path) -> None:

@@ -22,32 +22,33 @@ from typing import Iterator
 
 import pytest
 
-from tests.harness import SERF_HANDLE, LoadBalancer, Processes, bodies, free_port, start_nginx, wait_until
+from support.processes import SERF_HANDLE, Processes, free_port, start_nginx, wait_until
+from support.site import Site, bodies, load_balancer
 
 pytestmark = pytest.mark.integration
 
-def _start(tmp_path_factory: pytest.TempPathFactory, name: str, live: bool) -> Iterator[LoadBalancer]:
+def _start(tmp_path_factory: pytest.TempPathFactory, name: str, live: bool) -> Iterator[Site]:
     procs = Processes(tmp_path_factory.mktemp(name))
     try:
-        yield LoadBalancer(procs, live)
+        yield load_balancer(procs, live)
     finally:
         procs.stop_all()
 
 
 @pytest.fixture(scope="module")
-def reload_lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadBalancer]:
+def reload_lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     yield from _start(tmp_path_factory, "hx-reload", live=False)
 
 
 @pytest.fixture(scope="module")
-def live_lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LoadBalancer]:
+def live_lb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Site]:
     yield from _start(tmp_path_factory, "hx-live", live=True)
 
 
 # --- reload mode -----------------------------------------------------------------------
 
 
-def test_three_nodes_join_and_traffic_reaches_all_three(reload_lb: LoadBalancer) -> None:
+def test_three_nodes_join_and_traffic_reaches_all_three(reload_lb: Site) -> None:
     lb = reload_lb
     for i in (1, 2, 3):
         lb.add_web(f"web{i}", f"body-web{i}")
@@ -62,7 +63,7 @@ def test_three_nodes_join_and_traffic_reaches_all_three(reload_lb: LoadBalancer)
     assert status.returncode == 0 and "web1" in status.stdout and "ready" in status.stdout
 
 
-def test_graceful_leave_and_kill_9_remove_a_node_each(reload_lb: LoadBalancer) -> None:
+def test_graceful_leave_and_kill_9_remove_a_node_each(reload_lb: Site) -> None:
     lb = reload_lb
     leaver = lb.add_web("leaver", "body-leaver")
     crasher = lb.add_web("crasher", "body-crasher")
@@ -77,7 +78,7 @@ def test_graceful_leave_and_kill_9_remove_a_node_each(reload_lb: LoadBalancer) -
     assert {"body-web1", "body-web2", "body-web3"} <= bodies(lb)
 
 
-def test_port_tag_update_moves_a_server(reload_lb: LoadBalancer) -> None:
+def test_port_tag_update_moves_a_server(reload_lb: Site) -> None:
     lb = reload_lb
     mover = lb.add_web("mover", "body-mover-a")
     wait_until(lambda: "body-mover-a" in bodies(lb), timeout=20, what="mover served on its first port")
@@ -89,7 +90,7 @@ def test_port_tag_update_moves_a_server(reload_lb: LoadBalancer) -> None:
     assert f"127.0.0.1:{second} " in lb.config.read_text()
 
 
-def test_hostile_node_name_is_served_safely(reload_lb: LoadBalancer) -> None:
+def test_hostile_node_name_is_served_safely(reload_lb: Site) -> None:
     lb = reload_lb
     name = "evil\nserver x 6.6.6.6:80 #;/{{ 7*7 }}"
     lb.add_web(name, "body-hostile")
@@ -103,7 +104,7 @@ def test_hostile_node_name_is_served_safely(reload_lb: LoadBalancer) -> None:
     assert check.returncode == 0, check.stdout + check.stderr
 
 
-def test_template_failing_validation_changes_nothing(reload_lb: LoadBalancer) -> None:
+def test_template_failing_validation_changes_nothing(reload_lb: Site) -> None:
     lb = reload_lb
     from serf_handlers.handlers.haproxy._jinja import BUILTIN_TEMPLATE
 
@@ -124,12 +125,12 @@ def test_template_failing_validation_changes_nothing(reload_lb: LoadBalancer) ->
     # Rejected candidates are removed (one may exist for a moment while a later event runs).
     wait_until(lambda: not [p for p in lb.dir.iterdir() if p.name.endswith(".tmp")], timeout=5, what="no candidate")
     # Fixed: the next event brings in the member whose event failed.
-    lb.write_yml()
+    lb.write_yml(template=None)
     lb.webs["web1"].serf("tags", "-set", "touch=1")
     wait_until(lambda: "body-blocked" in bodies(lb), timeout=15, what="the blocked node after the fix")
 
 
-def test_reconcile_after_the_state_file_was_deleted(reload_lb: LoadBalancer) -> None:
+def test_reconcile_after_the_state_file_was_deleted(reload_lb: Site) -> None:
     lb = reload_lb
     wait_until(lambda: lb.agent.alive_names() - {"lb"} <= lb.state_nodes(), what="the state to settle")
     alive = lb.agent.alive_names() - {"lb"}
@@ -192,7 +193,7 @@ class RequestStream:
         conn.close()
 
 
-def test_runtime_api_ten_membership_changes_zero_reloads_no_failed_request(live_lb: LoadBalancer) -> None:
+def test_runtime_api_ten_membership_changes_zero_reloads_no_failed_request(live_lb: Site) -> None:
     lb = live_lb
     lb.add_web("base1", "body-base1")
     lb.add_web("base2", "body-base2")
