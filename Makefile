@@ -27,6 +27,7 @@ venv: $(VENV)/.installed
 
 test: deps venv
 	$(PY) -m mypy
+	$(PY) -m ruff check .
 	$(PY) -m pytest -ra
 
 unit: venv

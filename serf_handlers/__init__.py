@@ -1,7 +1,7 @@
 """serf-handlers: turn Serf membership events into infrastructure changes."""
 
 from ._typing import TYPE_CHECKING
-from .dispatch import Dispatcher
+from .dispatch import Dispatcher, reply_budget
 from .errors import (
     ConfigError,
     EventError,
@@ -11,30 +11,30 @@ from .errors import (
     SerfHandlersError,
     SerfRPCError,
 )
-from .events import Member, MemberEvent, Node, Query, UserEvent, parse_event
+from .events import Event, Member, MemberEvent, Node, Query, UserEvent, parse_event
 
 if TYPE_CHECKING:
-    from .events import Event
-    from .protocols import Handler, Reconciler
+    from .protocols import ConfigRenderer, DefaultEvents, Handler, Reconciler, Reply, RoleFilter, StatusReporter
 
 __version__ = "0.1.0"
 
+# The handler contract (protocols.py). It needs `typing`, which costs a third of a Python
+# start; Serf starts a process per event, so it is only imported when someone asks for it.
+_PROTOCOLS = ("ConfigRenderer", "DefaultEvents", "Handler", "Reconciler", "Reply", "RoleFilter", "StatusReporter")
+
 
 def __getattr__(name: str) -> object:
-    # These need `typing`, which costs a third of a Python start; Serf starts a process
-    # per event, so they are only created when someone asks for them.
-    if name in ("Handler", "Reconciler"):
+    if name in _PROTOCOLS:
         from . import protocols
 
         return getattr(protocols, name)
-    if name == "Event":
-        from . import events
-
-        return events.Event
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ConfigError",
+    "ConfigRenderer",
+    "DefaultEvents",
     "Dispatcher",
     "Event",
     "EventError",
@@ -46,10 +46,14 @@ __all__ = [
     "PluginError",
     "Query",
     "Reconciler",
+    "Reply",
     "ReplyTooLargeError",
+    "RoleFilter",
     "SerfHandlersError",
     "SerfRPCError",
+    "StatusReporter",
     "UserEvent",
     "__version__",
     "parse_event",
+    "reply_budget",
 ]

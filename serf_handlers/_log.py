@@ -17,7 +17,8 @@ from ._typing import TYPE_CHECKING
 from .errors import ConfigError
 
 if TYPE_CHECKING:
-    from typing import IO, Mapping
+    from collections.abc import Mapping
+    from typing import IO
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40}
 FORMATS = ("text", "json")
@@ -127,7 +128,7 @@ def _stream() -> IO[str]:
             _state.stream = sys.stderr
         else:
             # O_APPEND: concurrent handler processes each add whole lines.
-            _state.stream = open(_state.file, "a", encoding="utf-8")
+            _state.stream = open(_state.file, "a", encoding="utf-8")  # noqa: SIM115 - open for the process's life
     return _state.stream
 
 

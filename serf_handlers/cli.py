@@ -53,9 +53,7 @@ def _check(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: M
     if not dispatcher.registrations:
         print("handlers: none")
     for registration in dispatcher.registrations:
-        # A handler that takes its role (see plugins.make_handler) filters members itself.
-        role_filter = registration.role if registration.role is not None else getattr(registration.handler, "role", None)
-        role = f" role={role_filter}" if role_filter is not None else ""
+        role = f" role={registration.role}" if registration.role is not None else ""
         print(f"handler {registration.name}: events={','.join(registration.events)}{role}")
     return EXIT_OK
 
@@ -78,21 +76,21 @@ def _reconcile(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, en
 
 
 def _status(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
-    reporters = [(r.name, r.handler.status) for r in dispatcher.registrations if hasattr(r.handler, "status")]
+    reporters = [(r.name, reporter) for r in dispatcher.registrations if (reporter := r.capabilities.reporter)]
     if not reporters:
         raise ConfigError(f"{config.source}: no configured handler reports a status (configure a haproxy handler)")
-    for name, status in reporters:
+    for name, reporter in reporters:
         print(f"# {name}")
-        print(status(), end="")
+        print(reporter.status(), end="")
     return EXIT_OK
 
 
 def _render(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
-    renderers = [(r.name, r.handler.render) for r in dispatcher.registrations if hasattr(r.handler, "render")]
+    renderers = [renderer for r in dispatcher.registrations if (renderer := r.capabilities.renderer)]
     if not renderers:
         raise ConfigError(f"{config.source}: no configured handler renders a config (configure a haproxy handler)")
-    for _name, render in renderers:
-        sys.stdout.write(render(write=args.write))
+    for renderer in renderers:
+        sys.stdout.write(renderer.render(write=args.write))
     return EXIT_OK
 
 

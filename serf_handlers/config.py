@@ -14,7 +14,7 @@ from . import _cache, _log
 from ._typing import TYPE_CHECKING, NamedTuple
 from .dispatch import Dispatcher, validate_selector
 from .errors import ConfigError
-from .plugins import make_handler, takes_role
+from .plugins import make_handler
 
 if TYPE_CHECKING:
     from typing import Any, Mapping
@@ -94,13 +94,14 @@ def build_dispatcher(config: Config) -> Dispatcher:
     """Import and create every configured handler, and register it."""
     dispatcher = Dispatcher()
     for spec in config.handlers:
-        handler = make_handler(spec.type, spec.options, f"{config.source}: {spec.where} ({spec.type})", spec.role)
-        events = spec.events if spec.events is not None else getattr(handler, "default_events", ("*",))
-        role = None if takes_role(handler) else spec.role
+        where = f"{config.source}: {spec.where} ({spec.type})"
+        handler = make_handler(spec.type, spec.options, where, spec.role)
         try:
-            dispatcher.register(handler, *events, role=role, name=f"{spec.type} ({spec.where})")
+            # No `events:` means the handler's default_events; the role stays on the registration
+            # even for a handler that filters members itself (see dispatch.capabilities).
+            dispatcher.register(handler, *(spec.events or ()), role=spec.role, name=f"{spec.type} ({spec.where})")
         except ConfigError as exc:
-            raise ConfigError(f"{config.source}: {spec.where}.events: {exc}") from None
+            raise ConfigError(f"{where}: {exc}") from None
     return dispatcher
 
 

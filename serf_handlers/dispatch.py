@@ -2,6 +2,12 @@
 
 Selectors use Serf's own filter vocabulary (`member-join`, `user:deploy`, `query`, `*`),
 so a handler's `events` read exactly like an `-event-handler` filter.
+
+The handler contract is declared, with its types, in protocols.py. It is checked here
+and only here, once per handler, when it is registered: `capabilities` reads what the
+handler offers beyond being called into the `Capabilities` kept on its `Registration`,
+and no other module looks at a handler's attributes. (protocols.py needs `typing`, which
+the event path must not import: see _typing.py.)
 """
 
 from __future__ import annotations
@@ -15,29 +21,91 @@ from .errors import ConfigError, EventError, ReplyTooLargeError, SerfHandlersErr
 from .events import MEMBER_EVENTS, MemberEvent, Query, parse_event
 
 if TYPE_CHECKING:
-    from typing import IO, Callable, Iterable, Mapping, Sequence, TypeVar, Union
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+    from typing import IO, Any, TypeVar
 
     from .events import Event, Member
+    from .protocols import ConfigRenderer, Handler, Reconciler, StatusReporter
+    from .protocols import Reply as Reply
 
-if TYPE_CHECKING:
-    Reply = Union[str, bytes, None]
-
-
-if TYPE_CHECKING:
     H = TypeVar("H", bound=Callable[..., Reply])
 
-# Serf drops a query reply above query_response_size_limit (1024 bytes by default),
-# which includes the msgpack envelope (about 50 bytes) and the responding node's name.
-QUERY_REPLY_BUDGET = 960
+# Serf drops a query reply whose response message is over query_response_size_limit
+# (1024 bytes by default). The message is the reply, the responding node's name and a
+# msgpack envelope: 41 bytes measured with serf 0.8.2 (43 for a name of 32 bytes or more),
+# growing with the query's Lamport time to at most 51. This budget keeps 64 for it.
+_SERF_RESPONSE_LIMIT = 1024
+QUERY_REPLY_BUDGET = _SERF_RESPONSE_LIMIT - 64  # before the node name: see reply_budget
 
 EXIT_OK, EXIT_HANDLER_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
+def reply_budget(node_name: str) -> int:
+    """The most bytes of query reply that node `node_name` can send back through Serf.
+
+    It holds for the whole reply, which joins those of every handler that answers the
+    query; the dispatcher refuses a longer one (ReplyTooLargeError) rather than let Serf
+    drop it silently.
+    """
+    return QUERY_REPLY_BUDGET - len(node_name.encode("utf-8"))
+
+
+class Capabilities(NamedTuple):
+    """What a handler offers beyond being called with an event (see protocols.py)."""
+
+    reconciler: Reconciler | None  # the handler, if it has reconcile(members)
+    reporter: StatusReporter | None  # the handler, if it has status()
+    renderer: ConfigRenderer | None  # the handler, if it has render(write=False)
+    default_events: tuple[str, ...] | None  # its selectors when none are configured
+    takes_role: bool  # it filters members by role itself (protocols.RoleFilter)
+    role: str | None  # the role such a handler filters on; None for any other handler
+
+
+def takes_role(handler: object) -> bool:
+    """Whether a handler, or the class that makes it, filters members by role itself
+    (`takes_role = True`); such a class is created with the entry's `role` option."""
+    return getattr(handler, "takes_role", False) is True
+
+
+def capabilities(handler: object) -> Capabilities:
+    """Read the optional parts of the handler contract from `handler`, checking them.
+
+    The only reader of a handler's attributes; raises ConfigError naming a malformed one.
+    """
+
+    def offered(method: str) -> Any:
+        value = getattr(handler, method, None)
+        if value is not None and not callable(value):
+            raise ConfigError(f"{method}: expected a method, got {type(value).__name__}")
+        return None if value is None else handler
+
+    events = getattr(handler, "default_events", None)
+    if events is not None:
+        if not isinstance(events, (tuple, list)) or not events or not all(isinstance(e, str) for e in events):
+            raise ConfigError(f"default_events: expected a non-empty tuple of event selectors, got {events!r}")
+        try:
+            events = tuple(validate_selector(selector) for selector in events)
+        except ConfigError as exc:
+            raise ConfigError(f"default_events: {exc}") from None
+    own_role = takes_role(handler)
+    role = getattr(handler, "role", None) if own_role else None
+    if role is not None and (not isinstance(role, str) or not role):
+        raise ConfigError(f"role: expected a non-empty string or None, got {role!r}")
+    return Capabilities(offered("reconcile"), offered("status"), offered("render"), events, own_role, role)
+
+
 class Registration(NamedTuple):
     name: str
-    handler: Callable[[Event], Reply]
+    handler: Handler
     events: tuple[str, ...]
-    role: str | None
+    role: str | None  # members of this role only; None: of every role
+    capabilities: Capabilities
+
+    @property
+    def takes_role(self) -> bool:
+        """The handler filters members by `role` itself, so it is handed every member
+        of an event (and so notices a member whose role changed away)."""
+        return self.capabilities.takes_role
 
     def wants(self, event: Event) -> bool:
         return "*" in self.events or event.type in self.events or (
@@ -61,7 +129,7 @@ class Outcome(NamedTuple):
 def validate_selector(selector: str) -> str:
     """Return `selector` if Serf's filter vocabulary allows it, else raise ConfigError."""
     kind, colon, name = selector.partition(":")
-    if selector == "*" or (not colon and kind in MEMBER_EVENTS + ("user", "query")):
+    if selector == "*" or (not colon and kind in (*MEMBER_EVENTS, "user", "query")):
         return selector
     if colon and kind in ("user", "query") and name:
         return selector
@@ -87,12 +155,20 @@ class Dispatcher:
     def registrations(self) -> tuple[Registration, ...]:
         return tuple(self._registrations)
 
-    def register(
-        self, handler: Callable[[Event], Reply], *events: str, role: str | None = None, name: str | None = None
-    ) -> None:
-        """Run `handler` for `events` (default: all), and only with members of `role`."""
-        selectors = tuple(validate_selector(selector) for selector in events) or ("*",)
-        self._registrations.append(Registration(name or handler_name(handler), handler, selectors, role))
+    def register(self, handler: Handler, *events: str, role: str | None = None, name: str | None = None) -> None:
+        """Run `handler` for `events` (default: its `default_events`, else all), and only
+        with members of `role` (default: every role).
+
+        A handler that takes its role filters members itself, on the role it reports.
+        Raises ConfigError for a bad selector or a handler that breaks the contract.
+        """
+        found = capabilities(handler)
+        if found.takes_role and found.role is not None:
+            if role is not None and role != found.role:
+                raise ConfigError(f"role: the handler filters members of role {found.role!r} itself, not {role!r}")
+            role = found.role
+        selectors = tuple(validate_selector(selector) for selector in events) or found.default_events or ("*",)
+        self._registrations.append(Registration(name or handler_name(handler), handler, selectors, role, found))
 
     def on(self, *events: str, role: str | None = None) -> Callable[[H], H]:
         """Decorator form of `register`; returns the function unchanged."""
@@ -109,7 +185,7 @@ class Dispatcher:
         for registration in self._registrations:
             if not registration.wants(event):
                 continue
-            if isinstance(event, MemberEvent) and registration.role is not None:
+            if isinstance(event, MemberEvent) and registration.role is not None and not registration.takes_role:
                 members = tuple(m for m in event.members if m.role == registration.role)
                 if not members:
                     continue
@@ -136,11 +212,11 @@ class Dispatcher:
                 repliers.append(registration.name)
         reply = b"".join(replies)
         if isinstance(event, Query):
-            budget = QUERY_REPLY_BUDGET - len(event.node.name.encode("utf-8"))
+            budget = reply_budget(event.node.name)
             if len(reply) > budget:
                 error = ReplyTooLargeError(
                     f"query {event.name!r}: reply is {len(reply)} bytes, over Serf's limit of {budget} "
-                    "(query_response_size_limit 1024 minus envelope and node name); no reply sent"
+                    f"(query_response_size_limit {_SERF_RESPONSE_LIMIT} minus envelope and node name); no reply sent"
                 )
                 _log.error(str(error))
                 return Outcome((*failed, (", ".join(repliers), str(error))), b"")
@@ -150,12 +226,12 @@ class Dispatcher:
         """Hand the full list of alive members to every handler that can reconcile."""
         failed: list[tuple[str, str]] = []
         for registration in self._registrations:
-            reconcile = getattr(registration.handler, "reconcile", None)
-            if reconcile is None or not _takes_member_events(registration.events):
+            reconciler = registration.capabilities.reconciler
+            if reconciler is None or not _takes_member_events(registration.events):
                 continue
             chosen = [m for m in members if registration.role is None or m.role == registration.role]
             try:
-                reconcile(chosen)
+                reconciler.reconcile(chosen)
             except Exception as exc:  # noqa: BLE001 - same contract as dispatch
                 why = _describe(exc)
                 _log.exception(f"handler {registration.name} failed to reconcile: {why}", exc)

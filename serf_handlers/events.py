@@ -1,7 +1,7 @@
 """Typed Serf events, and the pure parser that builds them from what Serf hands a handler.
 
 Serf runs the handler with the event in environment variables and the members or the
-payload on stdin (see ../shared/SERF_PROTOCOL.md). `parse_event` turns exactly that into
+payload on stdin (Serf's "Event Handlers" documentation). `parse_event` turns exactly that into
 one of `MemberEvent`, `UserEvent` or `Query`, or raises `EventError` saying what is wrong
 and where. Everything here is untrusted network input: it is validated, never trusted.
 
@@ -17,7 +17,8 @@ from ._typing import TYPE_CHECKING, NamedTuple
 from .errors import EventError
 
 if TYPE_CHECKING:
-    from typing import Literal, Mapping, Union
+    from collections.abc import Mapping
+    from typing import Literal
 
 MEMBER_EVENTS = ("member-join", "member-leave", "member-failed", "member-update", "member-reap")
 EVENT_TYPES = (*MEMBER_EVENTS, "user", "query")
@@ -73,17 +74,8 @@ class Query(NamedTuple):
         return "query"
 
 
-if TYPE_CHECKING:
-    Event = Union[MemberEvent, UserEvent, Query]
-else:
-
-    def __getattr__(name: str) -> object:
-        # `Event` is a typing.Union: built on first use, so the event path never imports typing.
-        if name == "Event":
-            from typing import Union
-
-            return Union[MemberEvent, UserEvent, Query]
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+# A types.UnionType: unlike typing.Union it needs no `typing` import, so it is made eagerly.
+Event = MemberEvent | UserEvent | Query
 
 
 def parse_event(env: Mapping[str, str], stdin: bytes) -> Event:

@@ -15,12 +15,14 @@ from __future__ import annotations
 import importlib
 
 from ._typing import TYPE_CHECKING
+from .dispatch import takes_role
 from .errors import ConfigError, PluginError
 
 if TYPE_CHECKING:
-    from typing import Any, Callable, Mapping
+    from collections.abc import Mapping
+    from typing import Any
 
-    from .events import Event
+    from .protocols import Handler
 
 ENTRY_POINT_GROUP = "serf_handlers.handlers"
 
@@ -30,11 +32,11 @@ BUILTIN: Mapping[str, str] = {
 }
 
 
-def make_handler(kind: str, options: Mapping[str, Any], where: str, role: str | None) -> Callable[[Event], Any]:
+def make_handler(kind: str, options: Mapping[str, Any], where: str, role: str | None) -> Handler:
     """Resolve `kind` and create its handler; every failure is a PluginError naming it.
 
-    A class that sets `takes_role = True` filters members by role itself, for instance to
-    notice a member whose role changed away: it gets the entry's `role` as an option.
+    A class that takes its role (protocols.RoleFilter) filters members by role itself, for
+    instance to notice a member whose role changed away: it gets the entry's `role` as an option.
     """
     target = resolve(kind, where)
     if role is not None and takes_role(target):
@@ -51,10 +53,6 @@ def make_handler(kind: str, options: Mapping[str, Any], where: str, role: str | 
     if options:
         raise ConfigError(f"{where}: {', '.join(sorted(options))}: unknown option(s); a function handler takes none")
     return target
-
-
-def takes_role(target: object) -> bool:
-    return getattr(target, "takes_role", False) is True
 
 
 def resolve(kind: str, where: str) -> object:

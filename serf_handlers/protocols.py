@@ -1,13 +1,36 @@
-"""The interfaces a handler implements. Imported lazily: only type checkers and
-plugin authors need them, and creating Protocol classes costs start-up time."""
+"""The handler contract: what a handler is, and the optional things it can also offer.
+
+A handler is any callable taking an event (`Handler`). Everything else is optional and
+found by name on the handler object:
+
+- `reconcile(members)`: it can rebuild its whole state from the alive members
+  (`Reconciler`; run by `serf-handle reconcile`);
+- `status()`: it reports its state as text (`StatusReporter`; `serf-handle status`);
+- `render(write=False)`: it renders the config for its state (`ConfigRenderer`;
+  `serf-handle render`);
+- `default_events`: the selectors it runs for when its config entry names none
+  (`DefaultEvents`; otherwise `*`);
+- `takes_role = True` on the class, and a `role` attribute: it filters members by role
+  itself (`RoleFilter`). The class is then created with the entry's `role` as an option,
+  and the dispatcher hands it every member of an event instead of only those of its role,
+  so that it notices a member whose role changed away.
+
+These Protocols are for type checkers and plugin authors. At run time the contract is
+checked once per handler, when it is registered, by `dispatch.capabilities`: this module
+needs `typing`, which the per-event path never imports (see _typing.py).
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol, Sequence
+from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 if TYPE_CHECKING:
-    from .dispatch import Reply
+    from collections.abc import Sequence
+
     from .events import Event, Member
+
+Reply: TypeAlias = str | bytes | None
+"""What a handler returns: a query's reply (str as UTF-8), or None. Ignored for other events."""
 
 
 class Handler(Protocol):
@@ -20,9 +43,45 @@ class Handler(Protocol):
     def __call__(self, event: Event, /) -> Reply: ...
 
 
-class Reconciler(Protocol):
-    """A handler that can also rebuild its whole state from the alive members."""
+class Reconciler(Handler, Protocol):
+    """A handler that can also rebuild its whole state from the alive members.
 
-    def __call__(self, event: Event, /) -> Reply: ...
+    It is given the alive members of its registration's role (all of them without one),
+    and must make its state exactly those, whatever events it missed.
+    """
 
     def reconcile(self, members: Sequence[Member], /) -> None: ...
+
+
+class StatusReporter(Handler, Protocol):
+    """A handler that can print its current state (`serf-handle status`)."""
+
+    def status(self) -> str: ...
+
+
+class ConfigRenderer(Handler, Protocol):
+    """A handler that can render the config its state means (`serf-handle render`);
+    with `write`, it also installs it."""
+
+    def render(self, write: bool = False) -> str: ...
+
+
+class DefaultEvents(Handler, Protocol):
+    """A handler that names the events it runs for when its config entry names none."""
+
+    default_events: tuple[str, ...]
+
+
+class RoleFilter(Handler, Protocol):
+    """A handler that filters members by role itself.
+
+    Its class sets `takes_role = True` and accepts a `role` keyword option (the config
+    entry's `role`, when it has one); `role` is the role it then filters on, which may be
+    its own default. The dispatcher hands it every member of an event, and keeps `role` on
+    its registration for `serf-handle check` and for reconciling.
+    """
+
+    takes_role: bool  # True, set in the class body: it is read before the handler is created
+
+    @property
+    def role(self) -> str | None: ...

@@ -265,11 +265,37 @@ def test_bad_command_line_exits_2(run, argv: list[str]) -> None:
     assert info.value.code == 2
 
 
-def test_check_shows_the_role_a_handler_filters_itself(run, tmp_path: Path) -> None:
-    path = write(
-        tmp_path,
-        f"handlers:\n  - type: haproxy\n    role: api\n    config: {tmp_path / 'h.cfg'}\n    state: {tmp_path / 's.json'}\n",
-    )
+@pytest.mark.parametrize(("role", "shown"), [("api", "api"), (None, "web")])  # configured, or the handler's default
+def test_check_shows_the_role_a_handler_filters_itself(run, tmp_path: Path, role: str | None, shown: str) -> None:
+    entry = f"type: haproxy, config: {tmp_path / 'h.cfg'}, state: {tmp_path / 's.json'}"
+    path = write(tmp_path, f"handlers: [{{{entry}{f', role: {role}' if role else ''}}}]\n")
     code, out, _ = run(["check", "--config", path])
     assert code == 0
-    assert "handler haproxy (handlers[0]): events=member-join,member-leave,member-failed,member-update,member-reap,query:backends role=api" in out
+    events = "member-join,member-leave,member-failed,member-update,member-reap,query:backends"
+    assert f"handler haproxy (handlers[0]): events={events} role={shown}\n" in out
+
+
+def test_status_and_render_come_from_any_handler_offering_them(
+    run, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / "reporting_plugin.py").write_text(
+        "class Reporter:\n"
+        "    def __call__(self, event):\n        pass\n"
+        "    def status(self):\n        return 'all good\\n'\n"
+        "    def render(self, write=False):\n        return f'rendered write={write}\\n'\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.delitem(sys.modules, "reporting_plugin", raising=False)
+    path = write(tmp_path, "handlers:\n  - type: log\n  - type: reporting_plugin:Reporter\n")
+    assert run(["status", "--config", path])[:2] == (0, "# reporting_plugin:Reporter (handlers[1])\nall good\n")
+    assert run(["render", "--config", path, "--write"])[:2] == (0, "rendered write=True\n")
+
+
+@pytest.mark.parametrize(("command", "message"), [("status", "reports a status"), ("render", "renders a config")])
+def test_status_and_render_without_a_handler_offering_them_exit_2(
+    run, tmp_path: Path, command: str, message: str
+) -> None:
+    path = write(tmp_path, "handlers: [{type: log}]\n")
+    code, _, err = run([command, "--config", path])
+    assert code == 2
+    assert f"no configured handler {message}" in err
