@@ -19,10 +19,10 @@ import subprocess
 import time
 from pathlib import Path
 
-from lb import MODES, BenchLoadBalancer
-from procs import BENCH, processes, start_web
+from support.processes import Agent, Processes, free_port, get, wait_until
 
-from tests.harness import Agent, Processes, free_port, get, wait_until
+from .procs import ASSETS, processes, start_web
+from .site import MODES, BenchSite
 
 WEBS = 4
 RUNS = 3
@@ -54,7 +54,7 @@ def _one_run(venv_bin: Path, workdir: Path, ports: list[int], duration: int) -> 
     procs = Processes(workdir)
     lb_agents: list[Agent] = []
     try:
-        lbs = {mode: BenchLoadBalancer(procs, venv_bin, workdir / mode, mode) for mode in MODES}
+        lbs = {mode: BenchSite(procs, venv_bin, workdir / mode, mode) for mode in MODES}
         first = None
         for mode, lb in lbs.items():
             agent = lb.start_agent(name=f"lb-{mode}", join=first)
@@ -78,7 +78,7 @@ def _one_run(venv_bin: Path, workdir: Path, ports: list[int], duration: int) -> 
         wrks = {
             mode: subprocess.Popen(
                 ["wrk", f"-t{THREADS}", f"-c{CONNECTIONS}", f"-d{duration}s", "--timeout", "2s",
-                 "-s", str(BENCH / "wrk_status.lua"), f"http://127.0.0.1:{lb.port}/"],
+                 "-s", str(ASSETS / "wrk_status.lua"), f"http://127.0.0.1:{lb.port}/"],
                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
             for mode, lb in lbs.items()

@@ -20,10 +20,10 @@ import threading
 import time
 from pathlib import Path
 
-from lb import BenchLoadBalancer
-from procs import processes, start_web
+from support.processes import Agent, Processes, free_port, get, wait_until
 
-from tests.harness import Agent, Processes, free_port, get, wait_until
+from .procs import processes, start_web
+from .site import BenchSite
 
 REPS = 5
 MOVER = "mover"
@@ -72,7 +72,7 @@ class Poller(threading.Thread):
         return max((h for h in self.hits if h <= t), default=None)
 
 
-def _probe(lb: BenchLoadBalancer, label: str, event: str, after: float) -> float | None:
+def _probe(lb: BenchSite, label: str, event: str, after: float) -> float | None:
     if not lb.probe_file.exists():
         return None
     for line in lb.probe_file.read_text().splitlines():
@@ -93,7 +93,7 @@ def _run(procs: Processes, venv_bin: Path, workdir: Path, reps: int) -> dict[str
     ports = {name: free_port() for name in ("web1", "web2", MOVER)}
     for name, port in ports.items():
         start_web(procs, name, port)
-    lb = BenchLoadBalancer(procs, venv_bin, workdir / "lb", "runtime", probes=True)
+    lb = BenchSite(procs, venv_bin, workdir / "lb", "runtime", probes=True)
     lb_agent = lb.start_agent()
     for name in ("web1", "web2"):
         Agent(procs, name, {"role": "web", "port": str(ports[name])}, join=lb_agent)

@@ -2,6 +2,9 @@
 
 All variants run interleaved in the same rounds (bench/timing.py), against `python -c pass`
 on the same interpreter as the throwaway install, and against the Ruby seed handler.
+The log handler runs once per environment a handler really runs in (`ENVIRONMENTS`): each
+row gets exactly that environment (`env -i`), nothing inherited from the benchmark's own,
+and no SERF_HANDLERS_CACHE_DIR: whether the parsed config is cached is the code's business.
 Every timed haproxy-handler join is a real change: an untimed leave of the same member
 runs before it, and an untimed check after it asks HAProxy (or the config) for the server.
 """
@@ -14,18 +17,90 @@ import shutil
 import statistics
 import subprocess
 from pathlib import Path
+from typing import NamedTuple
 
-from lb import BenchLoadBalancer
-from procs import BENCH, processes, start_web
-from timing import Command, measure, summary
+from support.processes import Processes, free_port, get, start_haproxy, wait_until
 
-from tests.harness import Processes, free_port, get, start_haproxy, wait_until
+from .procs import ASSETS, processes, start_web
+from .site import BenchSite
+from .timing import Command, measure, summary
 
 ROUNDS = 30
 WARMUP = 3
 IMPORTTIME_RUNS = 7
 TOP_IMPORTS = 14
 NO_CA_LABEL = "haproxy -c (1 server), `httpclient.ssl.verify none`"
+
+
+# What Serf adds to its own environment for a member-join handler on node `lb` (role=lb).
+SERF_VARS = {"SERF_EVENT": "member-join", "SERF_SELF_NAME": "lb", "SERF_SELF_ROLE": "lb", "SERF_TAG_ROLE": "lb"}
+SYSTEM_PATH = "/usr/sbin:/usr/bin:/sbin:/bin"  # systemd's default PATH for a service
+DOCKER_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"  # Docker's default PATH
+AS_NOBODY = ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+BASELINE = "python -c pass"
+BASELINE_NOBODY = "python -c pass, as nobody"
+
+
+class Environment(NamedTuple):
+    label: str
+    where: str  # how it is spelled out in the report
+    env: dict[str, str]
+    prefix: list[str]  # argv before serf-handle's (`setpriv ...`)
+
+
+def environments(workdir: Path, yml: Path) -> list[Environment]:
+    """The environments a handler really runs in, one row each. HOME directories that root has
+    are fresh empty ones here (the bench must not write into the real /root)."""
+    root_home = workdir / "root-home"  # stands for /root
+    login_home = workdir / "login-home"  # stands for a login user's home
+    for home in (root_home, login_home):
+        home.mkdir(exist_ok=True)
+    found = [
+        Environment(
+            "serf.service (Debian)",
+            "Debian's `serf.service`: root, `env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin` plus Serf's `SERF_*`: "
+            "no HOME, no XDG_*",
+            {"PATH": SYSTEM_PATH, **SERF_VARS},
+            [],
+        ),
+        Environment(
+            "supervisord (Docker image)",
+            "the haproxy image's supervisord: root, the image's `ENV` (PATH with /opt/serf-handlers/bin first, "
+            "LANG, SERF_ROLE, SERF_RPC_ADDR, SERF_HANDLERS_CONFIG, LB_PORT), HOME=/root as Docker sets it, "
+            "supervisord's `SUPERVISOR_*`, plus Serf's `SERF_*`",
+            {
+                "PATH": f"/opt/serf-handlers/bin:{DOCKER_PATH}", "HOSTNAME": "lb", "HOME": str(root_home),
+                "LANG": "C.UTF-8", "DEBIAN_FRONTEND": "noninteractive", "SERF_ROLE": "lb",
+                "SERF_RPC_ADDR": "127.0.0.1:7373", "SERF_HANDLERS_CONFIG": str(yml), "LB_PORT": "80",
+                "SUPERVISOR_ENABLED": "1", "SUPERVISOR_PROCESS_NAME": "serf", "SUPERVISOR_GROUP_NAME": "serf",
+                "SUPERVISOR_SERVER_URL": "unix:///run/supervisor.sock", **SERF_VARS,
+            },
+            [],
+        ),
+        Environment(
+            "login shell",
+            "`serf agent` started from a root login shell: HOME (writable), USER, LOGNAME, SHELL, "
+            "PATH=" + DOCKER_PATH + ", LANG, TERM, plus Serf's `SERF_*`",
+            {
+                "HOME": str(login_home), "USER": "root", "LOGNAME": "root", "SHELL": "/bin/bash",
+                "PATH": DOCKER_PATH, "LANG": "C.UTF-8", "TERM": "xterm", **SERF_VARS,
+            },
+            [],
+        ),
+    ]
+    if os.geteuid() == 0:
+        found.append(Environment(
+            "non-root, no writable home",
+            "user nobody (`setpriv --reuid=nobody --regid=nogroup --clear-groups`), `env -i` "
+            "PATH=/usr/sbin:/usr/bin:/sbin:/bin HOME=/nonexistent USER=nobody LOGNAME=nobody plus Serf's `SERF_*`",
+            {"PATH": SYSTEM_PATH, "HOME": "/nonexistent", "USER": "nobody", "LOGNAME": "nobody", **SERF_VARS},
+            AS_NOBODY,
+        ))
+    return found
+
+
+def log_label(environment: Environment) -> str:
+    return f"(a) log handler, {environment.label}"
 
 
 def run(venv_bin: Path, workdir: Path, rounds: int = ROUNDS) -> dict[str, object]:
@@ -40,15 +115,20 @@ def _run(procs: Processes, venv_bin: Path, workdir: Path, rounds: int) -> dict[s
     start_web(procs, "web1", web_port)
     member = f"web1\t127.0.0.1\tweb\tport={web_port},role=web\n".encode()
 
-    # (a) the log handler, logging to /dev/null.
+    # (a) the log handler, logging to /dev/null, in each environment.
     a_yml = workdir / "log.yml"
     a_yml.write_text("log: {level: info, file: /dev/null}\nhandlers:\n  - type: log\n")
-    a_env = {"SERF_HANDLERS_CACHE_DIR": str(workdir / "cache-a"), "SERF_EVENT": "member-join",
-             "SERF_SELF_NAME": "lb", "SERF_SELF_ROLE": "lb", "SERF_TAG_ROLE": "lb"}
+    envs = environments(workdir, a_yml)
+    a_commands = [
+        Command(log_label(e), [*e.prefix, serf_handle, "--config", str(a_yml)], member, e.env, inherit_env=False)
+        for e in envs
+    ]
+    nobody_baseline = [Command(BASELINE_NOBODY, [*AS_NOBODY, python, "-c", "pass"], env={"PATH": SYSTEM_PATH},
+                               inherit_env=False)] if any(e.prefix for e in envs) else []
 
     # (b) runtime API, (c) reload mode: each its own HAProxy.
-    live = BenchLoadBalancer(procs, venv_bin, workdir / "runtime", "runtime")
-    reload = BenchLoadBalancer(procs, venv_bin, workdir / "reload", "reload")
+    live = BenchSite(procs, venv_bin, workdir / "runtime", "runtime")
+    reload = BenchSite(procs, venv_bin, workdir / "reload", "reload")
 
     # The Ruby seed: its own master-worker HAProxy, reloaded with USR2 after each append.
     seed_dir = workdir / "seed"
@@ -68,7 +148,7 @@ def _run(procs: Processes, venv_bin: Path, workdir: Path, rounds: int) -> dict[s
     wait_until(lambda: get(seed_port)[0] == 503, timeout=10, what="seed haproxy")
     seed_master = seed_pidfile.read_text().split()[0]
 
-    def leave(lb: BenchLoadBalancer) -> None:
+    def leave(lb: BenchSite) -> None:
         lb.event("member-leave", member)
 
     def live_has_it() -> None:
@@ -108,10 +188,11 @@ def _run(procs: Processes, venv_bin: Path, workdir: Path, rounds: int) -> dict[s
         no_ca.write_text(patched)
 
     commands = [
-        Command("python -c pass", [python, "-c", "pass"]),
-        Command("Ruby seed handler", ["ruby", str(BENCH / "seed_handler.rb"), str(base), str(seed_cfg),
+        Command(BASELINE, [python, "-c", "pass"]),
+        *nobody_baseline,
+        Command("Ruby seed handler", ["ruby", str(ASSETS / "seed_handler.rb"), str(base), str(seed_cfg),
                                       "kill", "-USR2", seed_master], member),
-        Command("(a) log handler", [serf_handle, "--config", str(a_yml)], member, a_env),
+        *a_commands,
         Command("(b) haproxy, runtime API", [serf_handle, "--config", str(live.yml)], member,
                 live.event_env("member-join"), before=live_leave, after=joined_live),
         Command("(b) same join again (no change)", [serf_handle, "--config", str(live.yml)], member,
@@ -131,13 +212,15 @@ def _run(procs: Processes, venv_bin: Path, workdir: Path, rounds: int) -> dict[s
     live.event("member-join", member)
     status, body = get(live.port)
 
+    debian = envs[0]
     imports = {
-        "(a) log handler": importtime(python, serf_handle, a_yml, member, a_env, None),
+        log_label(debian): importtime(python, serf_handle, a_yml, member, debian.env, None, inherit_env=False),
         "(b) haproxy, runtime API": importtime(python, serf_handle, live.yml, member,
                                                live.event_env("member-join"), lambda: leave(live)),
     }
     return {
-        "rows": summary(times, "python -c pass"),
+        "rows": summary(times, BASELINE),
+        "environments": [(log_label(e), e.where, bool(e.prefix)) for e in envs],
         "rounds": rounds,
         "runtime_reloads": runtime_reloads,
         "runtime_changes": runtime_changes,
@@ -152,7 +235,7 @@ _IMPORT_LINE = re.compile(r"^import time:\s+(\d+) \|\s+(\d+) \| (\s*)(\S+)$")
 
 
 def importtime(python: str, serf_handle: str, yml: Path, member: bytes, env: dict[str, str],
-               before: object) -> dict[str, object]:
+               before: object, inherit_env: bool = True) -> dict[str, object]:
     """`python -X importtime`, several runs: median self/cumulative ms per module, and its importer."""
     runs: list[dict[str, tuple[int, int, int]]] = []
     parents: dict[str, str] = {}
@@ -161,7 +244,7 @@ def importtime(python: str, serf_handle: str, yml: Path, member: bytes, env: dic
         if callable(before):
             before()
         done = subprocess.run([python, "-X", "importtime", serf_handle, "--config", str(yml)], input=member,
-                              env={**os.environ, **env}, capture_output=True, timeout=60)
+                              env={**os.environ, **env} if inherit_env else env, capture_output=True, timeout=60)
         if done.returncode != 0:
             raise RuntimeError(f"importtime run failed: {done.stderr.decode(errors='replace')[-500:]}")
         modules: dict[str, tuple[int, int, int]] = {}

@@ -1,8 +1,9 @@
-"""What the benchmarks need beyond the shared harness (tests/harness.py): a throwaway
-install of the package, process groups stopped all at once, tuned nginx, tool versions.
+"""What the benchmarks need beyond support/ (real processes shared with the tests and the
+demo): a throwaway install of the package, process groups stopped all at once, tuned nginx,
+tool versions.
 
-Every process is started through a harness `Processes` group, which stops exactly the PIDs
-it started (daemonized haproxy through its pidfile), in the caller's `finally`.
+Every process is started through a `support.processes.Processes` group, which stops exactly
+the PIDs it started (daemonized haproxy through its pidfile), in the caller's `finally`.
 """
 
 from __future__ import annotations
@@ -15,10 +16,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from tests.harness import Processes, start_nginx
+from support.processes import Processes, start_nginx
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "bench"
+ASSETS = BENCH / "assets"  # what is not Python: the Ruby seed handler, the wrk script, the Docker script
 
 
 @contextmanager
@@ -44,7 +46,7 @@ def make_install(workdir: Path) -> Path:
     caches, so a stale build directory in the repo cannot leak old modules in.
     """
     source = workdir / "src"
-    top_level = {".venv", "build", "dist", ".git", ".hypothesis", "docker", "tests", "bench", "demo"}
+    top_level = {".venv", "build", "dist", ".git", ".hypothesis", "docker", "tests", "bench", "demo", "support"}
 
     def ignore(directory: str, names: list[str]) -> set[str]:
         skipped = {n for n in names if n == "__pycache__" or n.endswith((".egg-info", "_cache"))}
@@ -61,6 +63,11 @@ def make_install(workdir: Path) -> Path:
         check=True, timeout=300, capture_output=True,
     )
     return venv / "bin"
+
+
+def open_to_all(path: Path) -> None:
+    """Let every user reach `path` (a temp dir is 0700): section 1 runs the install as `nobody`."""
+    path.chmod(0o755)
 
 
 def _base_python() -> str:

@@ -14,12 +14,13 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
-from procs import BENCH
-from timing import Command, measure, summary
+from support.site import Site, count_reload_argv
+
+from .procs import BENCH
+from .timing import Command, measure, summary
 
 SIZES = (100, 1000, 10000)
 ROUNDS = 5
@@ -33,34 +34,23 @@ def member_lines(n: int) -> bytes:
 
 
 class Setup:
-    """One directory per N: config.yml, the empty and the full snapshots, the reload counter."""
+    """One site per N (support's `Site`, no HAProxy running): the empty and the full
+    snapshots, and the site's reload counter."""
 
     def __init__(self, venv_bin: Path, workdir: Path, n: int) -> None:
         self.n = n
         self.dir = workdir / f"scale-{n}"
         self.dir.mkdir(parents=True)
-        self.serf_handle = str(venv_bin / "serf-handle")
-        self.config = self.dir / "haproxy.cfg"
-        self.state = self.dir / "state.json"
-        self.reloads = self.dir / "reloads"
-        self.yml = self.dir / "config.yml"
+        reloads = self.dir / "reloads"
+        self.site = Site(self.dir, serf_handle=str(venv_bin / "serf-handle"),
+                         log={"level": "info", "file": str(self.dir / "handler.log")}, port=8080,
+                         vars={"bind": "127.0.0.1:8080", "socket": str(self.dir / "admin.sock")},
+                         reload=count_reload_argv(reloads))
+        self.config, self.state = self.site.config, self.site.state
         self.stdin = member_lines(n)
-        self.yml.write_text(
-            f"log: {{level: info, file: {self.dir / 'handler.log'}}}\n"
-            "handlers:\n"
-            "  - type: haproxy\n"
-            f"    config: {self.config}\n"
-            f"    state: {self.state}\n"
-            f"    haproxy: {shutil.which('haproxy')}\n"
-            "    port: 8080\n"
-            f"    vars: {{bind: '127.0.0.1:8080', socket: {self.dir / 'admin.sock'}}}\n"
-            f"    reload: [sh, -c, 'echo reload >> {self.reloads}']\n"
-        )
-        self.env = {"SERF_HANDLERS_CACHE_DIR": str(self.dir / "cache"), "SERF_SELF_NAME": "lb",
-                    "SERF_SELF_ROLE": "lb", "SERF_TAG_ROLE": "lb"}
-        self._run(["render", "--write", "--config", str(self.yml)])
+        self.site.must("render", "--write")
         self.empty = self.config.read_bytes()
-        self._run(["--config", str(self.yml)], "member-join", self.stdin)
+        self.site.must(event="member-join", stdin=self.stdin)
         self.full_config = self.config.read_bytes()
         self.full_state = self.state.read_bytes()
         self.full_cfg_path = self.dir / "full.cfg"
@@ -69,17 +59,11 @@ class Setup:
         self._stat: tuple[object, ...] = ()
         self._reloads_before = 0
 
-    def _run(self, args: list[str], event: str | None = None, stdin: bytes = b"") -> None:
-        env = {**os.environ, **self.env, **({"SERF_EVENT": event} if event else {})}
-        done = subprocess.run([self.serf_handle, *args], input=stdin, env=env, capture_output=True, timeout=120)
-        if done.returncode != 0:
-            raise RuntimeError(f"scale {self.n}: serf-handle {args}: {done.stderr.decode(errors='replace')[-500:]}")
-
     def servers(self) -> int:
-        return len(json.loads(self.state.read_text())["servers"]) if self.state.exists() else 0
+        return len(self.site.servers())
 
     def reload_count(self) -> int:
-        return len(self.reloads.read_text().splitlines()) if self.reloads.exists() else 0
+        return self.site.reload_count()
 
     # --- before / after each timed run ---------------------------------------------------------
 
@@ -113,14 +97,16 @@ class Setup:
     unchanged_runs = 0
 
     def commands(self) -> list[Command]:
-        argv = [self.serf_handle, "--config", str(self.yml)]
+        argv = [self.site.serf_handle, "--config", str(self.site.yml)]
         n = f"{self.n:,}"
+
+        def env(event: str) -> dict[str, str]:
+            return self.site.env(event, SERF_TAG_ROLE="lb")
+
         return [
-            Command(f"join {n}", argv, self.stdin, {**self.env, "SERF_EVENT": "member-join"},
-                    before=self.to_empty, after=self.joined),
-            Command(f"leave {n}", argv, self.stdin, {**self.env, "SERF_EVENT": "member-leave"},
-                    before=self.to_full, after=self.left),
-            Command(f"stale update {n}", argv, self.stdin, {**self.env, "SERF_EVENT": "member-update"},
+            Command(f"join {n}", argv, self.stdin, env("member-join"), before=self.to_empty, after=self.joined),
+            Command(f"leave {n}", argv, self.stdin, env("member-leave"), before=self.to_full, after=self.left),
+            Command(f"stale update {n}", argv, self.stdin, env("member-update"),
                     before=self.to_full, after=self.untouched),
             Command(f"haproxy -c {n}", ["haproxy", "-c", "-q", "-f", str(self.full_cfg_path)]),
         ]

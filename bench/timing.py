@@ -22,6 +22,8 @@ class Command(NamedTuple):
     before: Sequence[str] | Callable[[], None] | None = None
     # Run untimed after each timed run, to check it did the work it claims (raises if not).
     after: Callable[[], None] | None = None
+    # False: `env` is the whole environment (as `env -i`), nothing inherited from ours.
+    inherit_env: bool = True
 
 
 def measure(commands: Sequence[Command], rounds: int = 30, warmup: int = 3) -> dict[str, list[float]]:
@@ -33,7 +35,7 @@ def measure(commands: Sequence[Command], rounds: int = 30, warmup: int = 3) -> d
                 command.before()
             elif command.before:
                 subprocess.run(command.before, check=True, timeout=60, capture_output=True)
-            env = {**os.environ, **(command.env or {})}
+            env = {**os.environ, **(command.env or {})} if command.inherit_env else dict(command.env or {})
             start = time.perf_counter()
             done = subprocess.run(command.argv, input=command.stdin, env=env, capture_output=True, timeout=60)
             elapsed = time.perf_counter() - start

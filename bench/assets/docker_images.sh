@@ -2,7 +2,7 @@
 # Image sizes and build times of the two images (`make bench-docker`; needs a running dockerd).
 # Prints a Markdown table for BENCHMARKS.md. Cold = --no-cache, with the base image present.
 set -euo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/../.."
 scripts/docker-base-image.sh >/dev/null
 
 seconds() { local t0 t1; t0=$(date +%s.%N); "$@" >/dev/null 2>&1; t1=$(date +%s.%N); printf '%.1f' "$(echo "$t1 - $t0" | bc)"; }

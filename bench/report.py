@@ -1,45 +1,19 @@
-"""`make bench`: measure what users feel, and regenerate BENCHMARKS.md from the figures.
-
-    python bench/run.py                 all four sections (about 4 minutes on 2 cores)
-    python bench/run.py --only 2        one section (or --only 1,3); the others are kept
-    python bench/run.py --quick         fewer rounds, shorter runs; prints, writes nothing
-
-Sections: 1 per-event cost, 2 scale, 3 churn under load, 4 convergence.
-It reports and never asserts a target: a missed target is a figure in the report. It
-fails (exit 1) only when the benchmark itself could not run (e.g. a check that a timed
-event really changed HAProxy did not hold). Every process it starts is stopped by PID.
-The package is measured from a throwaway non-editable install made at the start of the
-run (the editable install's import hook would add to every start-up).
-"""
+"""The Markdown of BENCHMARKS.md from the figures `python -m bench` measured: one `format_*`
+per section, the environment line, and the update of a section's generated block (the
+hand-written text around it is left alone)."""
 
 from __future__ import annotations
 
-import argparse
 import datetime
-import os
 import platform
 import re
-import shutil
+import statistics
 import subprocess
-import sys
-import time
-import traceback
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
-# bench/ for its modules, the repo root for the shared harness (tests/harness.py).
-sys.path[:0] = [str(Path(__file__).resolve().parent), str(Path(__file__).resolve().parent.parent)]
-
-import churn  # noqa: E402
-import convergence  # noqa: E402
-import per_event  # noqa: E402
-import scale  # noqa: E402
-from procs import REPO, make_install, tempdir, tool_versions  # noqa: E402
-
-from tests.harness import require  # noqa: E402
+from .procs import REPO, tool_versions
 
 DOC = REPO / "BENCHMARKS.md"
-SECTIONS = ("1", "2", "3", "4")
 TITLES = {
     "1": "1. Per-event cost",
     "2": "2. Scale: 100, 1,000 and 10,000 members in one event",
@@ -48,71 +22,12 @@ TITLES = {
 }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="bench/run.py", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--only", action="append", default=None, metavar="N[,N]",
-                        help="run only these sections (1 per-event, 2 scale, 3 churn, 4 convergence)")
-    parser.add_argument("--quick", action="store_true", help="a fast smoke run; prints, does not write BENCHMARKS.md")
-    parser.add_argument("--no-write", action="store_true", help="print the results, do not touch BENCHMARKS.md")
-    parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) for inspection")
-    args = parser.parse_args(argv)
-    only = sorted({s.strip() for item in (args.only or SECTIONS) for s in item.split(",") if s.strip()})
-    unknown = [s for s in only if s not in SECTIONS]
-    if unknown:
-        parser.error(f"unknown section(s) {unknown}: expected some of {', '.join(SECTIONS)}")
-    write = not (args.quick or args.no_write)
-    command = "make bench" if only == list(SECTIONS) and not args.quick else "python bench/run.py" + (
-        f" --only {','.join(only)}" if only != list(SECTIONS) else "") + (" --quick" if args.quick else "")
-
-    require("serf", "haproxy", "nginx", "wrk", "ruby")
-    began = time.monotonic()
-    root = tempdir("run")
-    failed = False
-    try:
-        print(f"bench: throwaway install of {REPO} in {root} ...", flush=True)
-        venv_bin = make_install(root / "install")
-        python = str(venv_bin / "python")
-        env_line = environment(python, command)
-        runners: dict[str, Callable[[Path], str]] = {
-            "1": lambda d: format_per_event(per_event.run(venv_bin, d, rounds=8 if args.quick else per_event.ROUNDS)),
-            "2": lambda d: format_scale(scale.run(venv_bin, d, rounds=2 if args.quick else scale.ROUNDS)),
-            "3": lambda d: format_churn(churn.run(venv_bin, d, runs=1 if args.quick else churn.RUNS,
-                                                  duration=8 if args.quick else churn.DURATION)),
-            "4": lambda d: format_convergence(convergence.run(venv_bin, d, reps=2 if args.quick else convergence.REPS)),
-        }
-        for section in only:
-            started = time.monotonic()
-            print(f"bench: section {TITLES[section]} ...", flush=True)
-            workdir = root / f"section{section}"
-            workdir.mkdir()
-            load = os.getloadavg()[0]
-            try:
-                body = runners[section](workdir)
-            except Exception as exc:  # noqa: BLE001 - report the failure in the document too
-                failed = True
-                traceback.print_exc()
-                body = f"**Not measured: the benchmark failed:** `{type(exc).__name__}: {exc}`\n"
-            elapsed = time.monotonic() - started
-            block = f"{env_line}, load average {load:.2f} at start, section took {elapsed:.0f} s.\n\n{body}"
-            print(f"\n## {TITLES[section]}\n\n{block}", flush=True)
-            if write:
-                update_doc(section, block)
-    finally:
-        if args.keep:
-            print(f"bench: kept {root}")
-        else:
-            shutil.rmtree(root, ignore_errors=True)
-    total = time.monotonic() - began
-    print(f"bench: done in {total:.0f} s" + (f"; {DOC.name} updated" if write else ""), flush=True)
-    return 1 if failed else 0
-
-
 # --- the document ------------------------------------------------------------------------
 
 
 def update_doc(section: str, block: str) -> None:
     """Replace the generated block of one section, leaving the hand-written text alone."""
-    begin = f"<!-- BEGIN generated section {section} (bench/run.py) -->"
+    begin = f"<!-- BEGIN generated section {section} (python -m bench) -->"
     end = f"<!-- END generated section {section} -->"
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
     generated = f"{begin}\n{block.rstrip()}\n{end}"
@@ -169,11 +84,24 @@ def format_per_event(r: dict[str, Any]) -> str:
     for label, med, low, high, ratio, _n in r["rows"]:
         out.append(f"| {label} | {ms(med)} | {ms(low)}–{ms(high)} | {ratio:.2f}× |")
     ruby = rows["Ruby seed handler"][1]
-    a, b, c = rows["(a) log handler"], rows["(b) haproxy, runtime API"], rows["(c) haproxy, reload (USR2)"]
+    b, c = rows["(b) haproxy, runtime API"], rows["(c) haproxy, reload (USR2)"]
+    out += ["", "The (a) rows are the log handler in the environments a handler really runs in, each given "
+            "exactly this environment (nothing inherited, no `SERF_HANDLERS_CACHE_DIR`; Serf's own `/bin/sh -c` "
+            "around the handler is not timed, in any row):", ""]
+    for label, where, _as_nobody in r["environments"]:
+        out.append(f"- {label}: {where}.")
+    out.append("")
+    for label, _where, as_nobody in r["environments"]:
+        a = rows[label]
+        # A row run through setpriv is compared with `python -c pass` run the same way.
+        base = rows.get("python -c pass, as nobody") if as_nobody else None
+        ratio = a[1] / base[1] if base else a[4]
+        against = "`python -c pass` as nobody" if base else "`python -c pass`"
+        out.append(
+            f"- {label}: {ratio:.2f}× {against} (target ≤ 2.5×: {verdict(ratio <= 2.5)}); "
+            f"{ruby / a[1]:.2f}× faster than the Ruby seed handler ({verdict(a[1] < ruby)})."
+        )
     out += [
-        "",
-        f"- (a) log handler: {a[4]:.2f}× `python -c pass` (target ≤ 2.5×: {verdict(a[4] <= 2.5)}); "
-        f"{ruby / a[1]:.2f}× faster than the Ruby seed handler ({verdict(a[1] < ruby)}).",
         f"- (b) haproxy handler, runtime API: {b[4]:.2f}× `python -c pass` (target ≤ 5×: {verdict(b[4] <= 5)}); "
         f"{ruby / b[1]:.2f}× the Ruby seed's speed (faster than Ruby: {verdict(b[1] < ruby)}).",
         f"- (c) haproxy handler, reload mode: {c[4]:.2f}× `python -c pass` (no target); "
@@ -271,8 +199,6 @@ MODE_LABELS = {
 
 
 def format_churn(r: dict[str, Any]) -> str:
-    import statistics
-
     runs = r["runs"]
     n_runs = len(runs["runtime"])
     changes = r["info"][0]["changes"]
@@ -357,7 +283,3 @@ def format_convergence(r: dict[str, Any]) -> str:
         f"HAProxy has the server). Reloads during the run: {r['reloads']}.",
     ]
     return "\n".join(out) + "\n"
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,0 +1,1 @@
+"""`make bench` (`python -m bench` from the repository root): see __main__.py."""
