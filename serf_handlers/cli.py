@@ -18,7 +18,7 @@ from .errors import ConfigError, SerfHandlersError
 
 if TYPE_CHECKING:
     import argparse
-    from typing import Callable, Mapping, Sequence
+    from collections.abc import Callable, Mapping, Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -132,7 +132,9 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--rpc-addr", help="Serf RPC address (default: $SERF_RPC_ADDR, else 127.0.0.1:7373)")
             command.add_argument("--rpc-auth", help="Serf RPC auth key (default: $SERF_RPC_AUTH)")
         if name == "render":
-            command.add_argument("--write", action="store_true", help="also install it (validated, atomically), no reload")
+            command.add_argument(
+                "--write", action="store_true", help="also install it (validated, atomically), no reload"
+            )
     return parser
 
 

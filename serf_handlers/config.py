@@ -17,7 +17,8 @@ from .errors import ConfigError
 from .plugins import make_handler
 
 if TYPE_CHECKING:
-    from typing import Any, Mapping
+    from collections.abc import Mapping
+    from typing import Any
 
 DEFAULT_PATH = "/etc/serf-handlers/config.yml"
 _LOG_KEYS = {"level", "format", "file"}

@@ -40,10 +40,10 @@ from ._plan import make_plan
 from ._render import render, server_state_file
 
 if TYPE_CHECKING:
-    from typing import Mapping
+    from collections.abc import Mapping
 
     from ._options import Options
-    from ._plan import Plan
+    from ._plan import Key, Plan
     from ._runtime import Runtime
     from ._servers import Server
     from ._state import State
@@ -93,7 +93,7 @@ def execute(plan: Plan, old: State, options: Options) -> None:
     _save(options, old, plan.done._replace(pending=pending))
 
 
-def _runtime_change(runtime: Runtime, plan: Plan, reason: str | None) -> tuple[tuple[tuple[str, str], ...], str | None]:
+def _runtime_change(runtime: Runtime, plan: Plan, reason: str | None) -> tuple[tuple[Key, ...], str | None]:
     """Step 5: (the deletions still pending, why a reload is needed now)."""
     from ._runtime import Unavailable, Unexpressible
 
@@ -106,11 +106,12 @@ def _runtime_change(runtime: Runtime, plan: Plan, reason: str | None) -> tuple[t
         _log.warning(f"haproxy: runtime API cannot apply the change: {exc}")
         return plan.done.pending, f"runtime API: {exc}"
     if runtime.client.sent:
-        _log.info("haproxy: servers changed through the runtime API", commands=runtime.client.sent, pending=len(pending))
+        sent = runtime.client.sent
+        _log.info("haproxy: servers changed through the runtime API", commands=sent, pending=len(pending))
     return pending, reason
 
 
-def _reload(runtime: Runtime | None, plan: Plan, old: State, options: Options, reason: str) -> tuple[tuple[str, str], ...]:
+def _reload(runtime: Runtime | None, plan: Plan, old: State, options: Options, reason: str) -> tuple[Key, ...]:
     """Step 6; returns the deletions still pending (none: the new worker never had them)."""
     if options.reload is None:  # (never with a socket: the options require a reload then)
         _log.info("haproxy: config changed; no reload command configured", reason=reason)

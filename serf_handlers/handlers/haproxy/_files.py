@@ -15,7 +15,7 @@ from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
 
 if TYPE_CHECKING:
-    from typing import Callable
+    from collections.abc import Callable
 
 
 def write_atomic(
@@ -111,7 +111,7 @@ class Lock:
         self.timeout = timeout
         self._fd = -1
 
-    def __enter__(self) -> "Lock":
+    def __enter__(self) -> Lock:
         import fcntl
 
         directory = os.path.dirname(os.path.abspath(self.path))

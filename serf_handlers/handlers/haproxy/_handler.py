@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ... import _log
 from ..._typing import TYPE_CHECKING
-from ...dispatch import QUERY_REPLY_BUDGET
+from ...dispatch import reply_budget
 from ...errors import ConfigError, HandlerError
 from ...events import MEMBER_EVENTS, MemberEvent, Query
 from . import _state
@@ -20,14 +20,11 @@ from ._options import Options, parse
 from ._plan import wanted_after_event, wanted_from_members
 
 if TYPE_CHECKING:
-    from typing import Mapping, Sequence
+    from collections.abc import Mapping, Sequence
 
     from ...dispatch import Reply
     from ...events import Event, Member
     from ._servers import Server
-
-QUERY_BUDGET = 900  # bytes; Serf drops a reply over about 1 KiB, node name included
-
 
 class HAProxyHandler:
     """Keeps HAProxy's servers equal to the alive Serf members of a role (default `web`).
@@ -76,10 +73,9 @@ class HAProxyHandler:
         if isinstance(event, MemberEvent):
             self._member_event(event)
         elif isinstance(event, Query) and event.name == self.options.query:
-            budget = min(QUERY_BUDGET, QUERY_REPLY_BUDGET - len(event.node.name.encode("utf-8")))
             from ._report import summary
 
-            return summary(_state.load(self.options.state), self.options.backend, budget)
+            return summary(_state.load(self.options.state), self.options.backend, reply_budget(event.node.name))
         return None
 
     def reconcile(self, members: Sequence[Member]) -> None:

@@ -15,7 +15,7 @@ from ...errors import HandlerError
 from ._files import write_atomic
 
 if TYPE_CHECKING:
-    from typing import Sequence
+    from collections.abc import Sequence
 
 CHECK_TIMEOUT = 30.0  # seconds; `haproxy -c` takes 0.5 s with 10,000 servers
 RELOAD_TIMEOUT = 15.0

@@ -18,7 +18,8 @@ from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
 
 if TYPE_CHECKING:
-    from typing import Any, Mapping
+    from collections.abc import Mapping
+    from typing import Any
 
 BUILTIN_TEMPLATE = os.path.join(
     os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "templates", "haproxy.cfg.j2"

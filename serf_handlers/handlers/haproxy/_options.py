@@ -9,7 +9,8 @@ from ...errors import ConfigError
 from ._servers import is_token
 
 if TYPE_CHECKING:
-    from typing import Any, Mapping, TypeGuard
+    from collections.abc import Mapping
+    from typing import Any, TypeGuard
 
 DEFAULT_CONFIG = "/etc/haproxy/haproxy.cfg"
 DEFAULT_STATE = "/var/lib/serf-handlers/haproxy.json"

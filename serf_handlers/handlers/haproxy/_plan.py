@@ -14,7 +14,7 @@ from ._servers import Rejected, Server, from_member
 from ._state import State
 
 if TYPE_CHECKING:
-    from typing import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from ...events import Member
     from ._options import Options

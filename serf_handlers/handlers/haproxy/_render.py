@@ -14,7 +14,7 @@ from ._options import DEFAULT_SOCKET
 from ._servers import by_backend
 
 if TYPE_CHECKING:
-    from typing import Mapping
+    from collections.abc import Mapping
 
     from ._options import Options
     from ._servers import Server

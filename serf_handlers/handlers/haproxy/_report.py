@@ -8,7 +8,7 @@ from ._servers import Server, by_backend
 from ._state import State
 
 if TYPE_CHECKING:
-    from typing import Mapping
+    pass
 
 TRUNCATED = "truncated"
 
@@ -23,7 +23,7 @@ def table(state: State, default_backend: str) -> str:
     for backend, name in sorted(state.pending):
         rows.append((backend, name, "-", "-", "deleting", "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows]
+    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
     if state.applied is not None and state.applied != state.servers:
         lines.append("note: HAProxy does not have all of this yet (the last change failed; it is retried)")
     return "\n".join(lines) + "\n"

@@ -24,7 +24,7 @@ from ._files import read_bytes, write_atomic
 from ._servers import RUNTIME_OPTIONS
 
 if TYPE_CHECKING:
-    from typing import Callable, Iterable, Mapping
+    from collections.abc import Callable, Iterable, Mapping
 
     from ._plan import Key, RuntimeChange
     from ._servers import Server
@@ -210,7 +210,7 @@ def filter_server_state(text: str, servers: Mapping[str, Server]) -> str:
         fields = line.split()
         if line.startswith("#") or len(fields) != len(columns):
             continue
-        row = dict(zip(columns, fields))
+        row = dict(zip(columns, fields, strict=True))
         server = wanted.get((row.get("be_name", ""), row.get("srv_name", "")))
         if server is None:
             continue

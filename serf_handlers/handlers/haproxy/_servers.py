@@ -14,7 +14,8 @@ from ...errors import EventError
 from ...events import parse_addr
 
 if TYPE_CHECKING:
-    from typing import Any, Mapping, TypeGuard
+    from collections.abc import Mapping
+    from typing import Any, TypeGuard
 
 SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 MAX_NAME = 63

@@ -26,7 +26,8 @@ from ._files import read_bytes, write_atomic
 from ._servers import Rejected, Server, from_json, to_json
 
 if TYPE_CHECKING:
-    from typing import Any, Mapping
+    from collections.abc import Mapping
+    from typing import Any
 
 VERSION = 1
 
