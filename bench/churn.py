@@ -17,6 +17,7 @@ from __future__ import annotations
 import re
 import subprocess
 import time
+from functools import partial
 from pathlib import Path
 
 from support.processes import Agent, Processes, free_port, get, wait_until
@@ -49,7 +50,18 @@ def run(venv_bin: Path, workdir: Path, runs: int = RUNS, duration: int = DURATIO
             "webs": WEBS}
 
 
-def _one_run(venv_bin: Path, workdir: Path, ports: list[int], duration: int) -> tuple[dict[str, dict[str, object]], dict[str, object]]:
+def _in_state(lb: BenchSite, names: set[str]) -> bool:
+    return lb.state_nodes() == names
+
+
+def _served(lb: BenchSite, names: set[str]) -> bool:
+    """`3 * WEBS` requests through `lb` reach exactly the web nodes `names`."""
+    return {get(lb.port)[1] for _ in range(3 * WEBS)} == names
+
+
+def _one_run(
+    venv_bin: Path, workdir: Path, ports: list[int], duration: int
+) -> tuple[dict[str, dict[str, object]], dict[str, object]]:
     workdir.mkdir(parents=True)
     procs = Processes(workdir)
     lb_agents: list[Agent] = []
@@ -69,9 +81,8 @@ def _one_run(venv_bin: Path, workdir: Path, ports: list[int], duration: int) -> 
         webs = [join_web(i) for i in range(WEBS)]
         everyone = set(names)
         for mode, lb in lbs.items():
-            wait_until(lambda: lb.state_nodes() == everyone, timeout=30, what=f"{mode}: all web nodes in the state")
-            wait_until(lambda: {get(lb.port)[1] for _ in range(3 * WEBS)} == everyone, timeout=15,
-                       what=f"{mode}: every web node served")
+            wait_until(partial(_in_state, lb, everyone), timeout=30, what=f"{mode}: all web nodes in the state")
+            wait_until(partial(_served, lb, everyone), timeout=15, what=f"{mode}: every web node served")
         time.sleep(1.5)  # let the last handler runs finish before counting
         before = {mode: (lb.reload_count(), lb.runtime_changes(), len(lb.log_lines())) for mode, lb in lbs.items()}
 
@@ -118,7 +129,7 @@ def _one_run(venv_bin: Path, workdir: Path, ports: list[int], duration: int) -> 
         converged = {}
         for mode, lb in lbs.items():
             try:
-                wait_until(lambda: lb.state_nodes() == alive, timeout=15, what=f"{mode} converged")
+                wait_until(partial(_in_state, lb, alive), timeout=15, what=f"{mode} converged")
                 converged[mode] = True
             except AssertionError:  # wait_until timed out
                 converged[mode] = False

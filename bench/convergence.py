@@ -18,6 +18,7 @@ import statistics
 import subprocess
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 from support.processes import Agent, Processes, free_port, get, wait_until
@@ -109,8 +110,8 @@ def _run(procs: Processes, venv_bin: Path, workdir: Path, reps: int) -> dict[str
             time.sleep(0.5)
             t0 = time.time()
             mover = Agent(procs, MOVER, {"role": "web", "port": str(ports[MOVER])}, join=lb_agent, wait=False)
-            first = wait_until(lambda: poller.first_after(t0), timeout=20, interval=0.01, what="mover served")
-            end = wait_until(lambda: _probe(lb, "end", "member-join", t0), timeout=10, what="join handler done")
+            first = wait_until(partial(poller.first_after, t0), timeout=20, interval=0.01, what="mover served")
+            end = wait_until(partial(_probe, lb, "end", "member-join", t0), timeout=10, what="join handler done")
             serf = _probe(lb, "serf", "member-join", t0)
             start = _probe(lb, "start", "member-join", t0)
             if first is None or end is None or serf is None or start is None:
@@ -121,7 +122,7 @@ def _run(procs: Processes, venv_bin: Path, workdir: Path, reps: int) -> dict[str
             time.sleep(1.0)
             t1 = time.time()
             mover.leave(wait=False)
-            end = wait_until(lambda: _probe(lb, "end", "member-leave", t1), timeout=20, interval=0.01,
+            end = wait_until(partial(_probe, lb, "end", "member-leave", t1), timeout=20, interval=0.01,
                              what="leave handler done")
             time.sleep(0.5)  # requests in flight when it was removed
             last = poller.last_before(time.time())

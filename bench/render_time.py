@@ -28,8 +28,7 @@ def members(n: int) -> list[tuple[str, str, dict[str, str]]]:
 def main(workdir: str, sizes: list[int]) -> dict[str, dict[str, float]]:
     import jinja2  # noqa: F401 - imported before timing: start-up cost is measured in section 1
 
-    from serf_handlers.handlers.haproxy import HAProxyHandler
-    from serf_handlers.handlers.haproxy import _state
+    from serf_handlers.handlers.haproxy import HAProxyHandler, _state
     from serf_handlers.handlers.haproxy._servers import from_member
 
     out: dict[str, dict[str, float]] = {}

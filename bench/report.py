@@ -45,7 +45,7 @@ def environment(python: str, command: str) -> str:
                             text=True).stdout.strip() or "unknown"
     dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--", "serf_handlers", "setup.cfg"],
                            capture_output=True, text=True).stdout.strip()
-    now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     haproxy = re.sub(r"HAProxy version (\S+).*", r"\1", versions["haproxy"])
     nginx = versions["nginx"].replace("nginx version: nginx/", "")
     wrk = versions["wrk"].replace("wrk ", "")
@@ -122,13 +122,15 @@ def format_per_event(r: dict[str, Any]) -> str:
         out += [
             "",
             f"{label}: {imp['modules']} modules, {ms(imp['total_ms'])} ms of imports in total, of which "
-            f"{ms(imp['package_self_ms'])} ms in serf_handlers' own modules; also imported: {heavy or 'none of the heavy ones'}.",
+            f"{ms(imp['package_self_ms'])} ms in serf_handlers' own modules; "
+            f"also imported: {heavy or 'none of the heavy ones'}.",
             "",
             "| module | imported by | cumulative ms | self ms |",
             "|---|---|---:|---:|",
         ]
         for name, parent, self_ms, cumulative_ms in imp["top"]:
-            out.append(f"| `{name}` | {f'`{parent}`' if parent else 'top level'} | {cumulative_ms:.1f} | {self_ms:.1f} |")
+            importer = f"`{parent}`" if parent else "top level"
+            out.append(f"| `{name}` | {importer} | {cumulative_ms:.1f} | {self_ms:.1f} |")
     return "\n".join(out) + "\n"
 
 

@@ -83,7 +83,8 @@ class Setup:
 
     def joined(self) -> None:
         if self.servers() != self.n or self.reload_count() != self._reloads_before + 1:
-            raise RuntimeError(f"join {self.n}: {self.servers()} servers, {self.reload_count() - self._reloads_before} reloads")
+            reloads = self.reload_count() - self._reloads_before
+            raise RuntimeError(f"join {self.n}: {self.servers()} servers, {reloads} reloads")
 
     def left(self) -> None:
         if self.servers() != 0 or self.reload_count() != self._reloads_before + 1:

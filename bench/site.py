@@ -1,6 +1,6 @@
 """The benchmarks' load balancer: support's `Site`, run from the throwaway install.
 
-Three ways of applying a membership change, as in HAPROXY.md (`Site.serve`'s `mode`):
+Three ways of applying a membership change (`Site.serve`'s `mode`):
 - `runtime`: master-worker HAProxy (`-W -db`), the handler's `socket` set: the runtime API,
   with `kill -USR2 <master>` only as the fallback;
 - `reload`: master-worker HAProxy, no socket: rewrite + `kill -USR2 <master>`;
@@ -14,8 +14,9 @@ and counts read from its log.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from support.admin import live_servers
 from support.processes import Agent, Processes

@@ -10,7 +10,8 @@ import os
 import statistics
 import subprocess
 import time
-from typing import Callable, Mapping, NamedTuple, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import NamedTuple
 
 
 class Command(NamedTuple):

@@ -1,4 +1,5 @@
-"""`make demo` (`python -m demo` from the repository root): a real Serf cluster on loopback, with serf-handle as its event handler.
+"""`make demo` (`python -m demo` from the repository root): a real Serf cluster on loopback, with serf-handle as its
+event handler.
 
 Part 1 shows every kind of Serf event reaching the log handler. Part 2 runs HAProxy
 (master-worker) in front of nginx web nodes, each with its own serf agent, and shows the
@@ -36,7 +37,10 @@ class EventLog:
 
     def show_until(self, event: str, name: str | None = None, timeout: float = 20.0) -> None:
         def arrived() -> bool:
-            return any(r.get("event") == event and (name is None or r.get("name") == name) for r in self.records()[self.shown:])
+            return any(
+                r.get("event") == event and (name is None or r.get("name") == name)
+                for r in self.records()[self.shown:]
+            )
 
         wait_until(arrived, timeout=timeout, what=f"{event} {name or ''}")
         time.sleep(0.3)  # let the rest of the batch land

@@ -42,6 +42,6 @@ def live_servers(path: Path | str, backend: str = "web") -> dict[str, tuple[str,
         fields = line.split()
         if line.startswith("#") or len(fields) != len(columns):
             continue
-        row = dict(zip(columns, fields))
+        row = dict(zip(columns, fields, strict=True))  # equal lengths: checked above
         servers[row["srv_name"]] = (row["srv_addr"], row["srv_port"], row["srv_uweight"], row["srv_admin_state"])
     return servers

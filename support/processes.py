@@ -18,8 +18,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
-from typing import Callable, Iterable, Sequence, TypeVar
+from typing import TypeVar
 
 T = TypeVar("T")
 
@@ -62,13 +63,10 @@ class Processes:
         self.daemons: list[Path] = []  # pidfiles of daemonized processes we started (start_haproxy_daemon)
 
     def start(self, name: str, argv: Sequence[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-        log = open(self.workdir / f"{name}.log", "ab")
-        try:
+        with open(self.workdir / f"{name}.log", "ab") as log:  # the child keeps its own copy of the descriptor
             proc = subprocess.Popen(
                 list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, cwd=self.workdir
             )
-        finally:
-            log.close()
         self.started.append(proc)
         return proc
 
@@ -169,7 +167,7 @@ class Agent:
         procs: Processes,
         name: str,
         tags: dict[str, str] | None = None,
-        join: "Agent | None" = None,
+        join: Agent | None = None,
         handler: str | None = None,
         env: dict[str, str] | None = None,
         extra: Sequence[str] = (),
@@ -193,7 +191,8 @@ class Agent:
             argv += ["-event-handler", each]
         argv += list(extra)
         self.procs = procs
-        self.proc = procs.start(f"serf-{name}".replace(" ", "_").replace("/", "_"), argv, env={**os.environ, **(env or {})})
+        log_name = f"serf-{name}".replace(" ", "_").replace("/", "_")
+        self.proc = procs.start(log_name, argv, env={**os.environ, **(env or {})})
         if wait:
             self.wait_ready()
 

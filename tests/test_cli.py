@@ -62,7 +62,9 @@ def write(tmp_path: Path, text: str) -> str:
             "handlers[0].events: unknown event selector 'member-joined'",
             id="bad selector",
         ),
-        pytest.param("handlers: [{type: log, events: []}]\n", "handlers[0].events: expected a non-empty list", id="no events"),
+        pytest.param(
+            "handlers: [{type: log, events: []}]\n", "handlers[0].events: expected a non-empty list", id="no events"
+        ),
         pytest.param(
             "handlers: [{type: log, colour: red}]\n",
             "handlers[0] (log): cannot create handler: TypeError",

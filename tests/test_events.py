@@ -133,7 +133,9 @@ def test_local_node_from_environment() -> None:
         pytest.param(JOIN, b"a\xff\t10.0.0.1\tweb\t\n", "stdin line 1: member data is not valid UTF-8", id="not UTF-8"),
         pytest.param(JOIN, b"a\t10.0.0.1\tweb\tnoequals\n", "tag 'noequals' has no '='", id="tag without ="),
         pytest.param(JOIN, b"a\t10.0.0.1\tweb\t=v\n", "tag with an empty key", id="tag with empty key"),
-        pytest.param({"SERF_EVENT": "user", "SERF_USER_LTIME": "1"}, b"", "SERF_USER_EVENT is not set", id="user no name"),
+        pytest.param(
+            {"SERF_EVENT": "user", "SERF_USER_LTIME": "1"}, b"", "SERF_USER_EVENT is not set", id="user no name"
+        ),
         pytest.param(
             {"SERF_EVENT": "query", "SERF_QUERY_LTIME": "1"}, b"", "SERF_QUERY_NAME is not set", id="query no name"
         ),

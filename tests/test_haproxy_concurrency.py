@@ -1,6 +1,6 @@
 """Many `serf-handle` processes at once (several agents sharing one load balancer's files,
 a manual run during an event): the state lock serialises them and no member is lost.
-Six at once through the haproxy handler's own files, and the issue's 50 through a site.)"""
+Six at once through the haproxy handler's own files, and 50 at once through a site."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ def test_50_concurrent_runs_each_adding_a_member(tmp_path: Path) -> None:
     runs: list[subprocess.Popen[bytes]] = []
     started = time.monotonic()
     try:
-        for (name, (addr, port)), err in zip(members.items(), errors):
+        for (name, (addr, port)), err in zip(members.items(), errors, strict=True):
             runs.append(site.spawn("member-join", member_line(name, addr, port=str(port)), err))
         codes = [run.wait(120) for run in runs]
     finally:
@@ -39,7 +39,7 @@ def test_50_concurrent_runs_each_adding_a_member(tmp_path: Path) -> None:
                 run.wait(10)
     elapsed = time.monotonic() - started
 
-    assert codes == [0] * RUNS, [err.read_text() for err, code in zip(errors, codes) if code]
+    assert codes == [0] * RUNS, [err.read_text() for err, code in zip(errors, codes, strict=True) if code]
     assert site.servers() == site.applied() == set(members)
     assert sorted(site.server_lines()) == sorted(
         f"server {name} {addr}:{port} weight 1 check inter 500ms fall 1 rise 1"

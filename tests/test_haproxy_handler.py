@@ -52,7 +52,7 @@ class Env:
     def snapshot(self) -> tuple[object, ...]:
         """Everything a no-op must leave alone: the files' inodes, times and bytes, the reloads."""
         files = [p for p in (self.config, self.state) if p.exists()]
-        return tuple((p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in files) + (self.reload_count(),)
+        return (*((p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in files), self.reload_count())
 
 
 def web(

@@ -7,8 +7,8 @@ from __future__ import annotations
 import shutil
 import socket
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -58,7 +58,7 @@ class FakeAdmin:
         while not self._stop:
             try:
                 conn, _ = self._sock.accept()
-            except socket.timeout:
+            except TimeoutError:
                 continue
             with conn:
                 data = b""

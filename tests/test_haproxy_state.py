@@ -131,9 +131,8 @@ def test_lock_excludes_other_processes_and_times_out(tmp_path: Path) -> None:
     try:
         assert holder.stdout is not None and holder.stdout.readline() == "locked\n"
         started = time.monotonic()
-        with pytest.raises(HandlerError, match="still locked by another serf-handle"):
-            with Lock(lock, timeout=0.3):
-                pass
+        with pytest.raises(HandlerError, match="still locked by another serf-handle"), Lock(lock, timeout=0.3):
+            pass
         assert time.monotonic() - started >= 0.3
     finally:
         holder.kill()

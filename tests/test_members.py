@@ -9,7 +9,9 @@ from serf_handlers.members import parse_members_json
 
 
 def member(**fields: object) -> dict[str, object]:
-    return {"name": "web1", "addr": "127.0.0.1:7947", "port": 7947, "tags": {"role": "web"}, "status": "alive", **fields}
+    return {
+        "name": "web1", "addr": "127.0.0.1:7947", "port": 7947, "tags": {"role": "web"}, "status": "alive", **fields
+    }
 
 
 @pytest.mark.parametrize(

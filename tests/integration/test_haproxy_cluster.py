@@ -17,8 +17,8 @@ import json
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
@@ -163,7 +163,7 @@ class RequestStream:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def __enter__(self) -> "RequestStream":
+    def __enter__(self) -> RequestStream:
         self._thread.start()
         return self
 

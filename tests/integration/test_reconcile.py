@@ -21,7 +21,8 @@ def reconcile(config: Path, *args: str, env: dict[str, str] | None = None) -> su
     clean = {k: v for k, v in os.environ.items() if not k.startswith("SERF_")}
     return subprocess.run(
         [SERF_HANDLE, "--config", str(config), "reconcile", *args],
-        capture_output=True, text=True, timeout=30, env={**clean, **(env or {}), "PYTHONPATH": str(Path(__file__).parent)},
+        capture_output=True, text=True, timeout=30,
+        env={**clean, **(env or {}), "PYTHONPATH": str(Path(__file__).parent)},
     )
 
 
@@ -31,7 +32,9 @@ def secured(procs: Processes, tmp_path: Path):
     require("serf")
     agent_config = tmp_path / "lb.json"
     agent_config.write_text(json.dumps({"rpc_auth": "s3cret"}))
-    lb = Agent(procs, "lb", {"role": "lb"}, extra=["-encrypt", KEY, "-config-file", str(agent_config)], rpc_auth="s3cret")
+    lb = Agent(
+        procs, "lb", {"role": "lb"}, extra=["-encrypt", KEY, "-config-file", str(agent_config)], rpc_auth="s3cret"
+    )
     Agent(procs, "web1", {"role": "web", "port": "8081", "note": "a,b"}, join=lb, extra=["-encrypt", KEY])
     wait_until(cluster_sees(lb, ["lb", "web1"]), what="the encrypted cluster")
     out = tmp_path / "members.txt"
