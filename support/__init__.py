@@ -3,7 +3,8 @@
 - `support.processes`: serf agents, nginx, HAProxy, started through a `Processes` group that
   stops exactly the PIDs it started; `free_port`, `wait_until`, `get`.
 - `support.admin`: HAProxy's admin socket (the package's own runtime API client) and the one
-  `show servers state` parser.
+  `show servers state` parser (`server_rows`: every column; `live_servers`: the main ones).
+- `support.load`: a light, bounded request load through HAProxy that counts failed requests.
 - `support.site`: a haproxy-handler site in one directory, driven through the real
   `serf-handle`; optionally with HAProxy in front of it and a serf agent running it (a load
   balancer). Its reload commands all append one line per reload to one file: the one counter.

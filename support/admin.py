@@ -8,7 +8,7 @@ from pathlib import Path
 
 from serf_handlers.handlers.haproxy._runtime import Client, Unavailable
 
-__all__ = ["Unavailable", "admin", "answers", "live_servers"]
+__all__ = ["Unavailable", "admin", "answers", "live_servers", "server_rows"]
 
 
 def admin(path: Path | str, command: str, timeout: float = 2.0) -> str:
@@ -28,20 +28,27 @@ def answers(path: Path | str) -> bool:
 def live_servers(path: Path | str, backend: str = "web") -> dict[str, tuple[str, str, str, str]]:
     """HAProxy's own view: server name -> (addr, port, weight, admin state) from `show servers
     state`; empty if HAProxy does not answer."""
+    return {
+        row["srv_name"]: (row["srv_addr"], row["srv_port"], row["srv_uweight"], row["srv_admin_state"])
+        for row in server_rows(path, backend)
+    }
+
+
+def server_rows(path: Path | str, backend: str | None = None) -> list[dict[str, str]]:
+    """Every column of `show servers state` (of `backend`, else of all backends), one dict
+    per server (`be_name`, `srv_name`, `srv_addr`, `srv_port`, `srv_op_state`: 2 is UP,
+    `srv_admin_state`: 0 is ready, …); empty if HAProxy does not answer."""
     try:
-        text = admin(path, f"show servers state {backend}")
+        text = admin(path, f"show servers state {backend}" if backend else "show servers state")
     except Unavailable:
-        return {}
+        return []
     lines = text.splitlines()
     header = next((line for line in lines if line.startswith("# be_id")), None)
     if header is None:
-        return {}
+        return []
     columns = header[2:].split()
-    servers = {}
-    for line in lines:
-        fields = line.split()
-        if line.startswith("#") or len(fields) != len(columns):
-            continue
-        row = dict(zip(columns, fields, strict=True))  # equal lengths: checked above
-        servers[row["srv_name"]] = (row["srv_addr"], row["srv_port"], row["srv_uweight"], row["srv_admin_state"])
-    return servers
+    return [
+        dict(zip(columns, line.split(), strict=True))
+        for line in lines
+        if not line.startswith("#") and len(line.split()) == len(columns)
+    ]

@@ -1,0 +1,59 @@
+"""A light, bounded request load through HAProxy, in a thread, that counts failed requests.
+
+One request per fresh connection (so every request is balanced on its own), paced at `rate`
+per second, and bounded twice: at most `limit` requests and `seconds` seconds, whatever the
+test does. Use it as a context manager; `failures` lists what went wrong, in order.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+
+from support.processes import get
+
+
+class Load:
+    def __init__(self, port: int, rate: float = 50.0, limit: int = 20_000, seconds: float = 300.0) -> None:
+        self.port = port
+        self.interval = 1.0 / rate
+        self.limit = limit
+        self.seconds = seconds
+        self.ok = 0
+        self.failures: list[tuple[float, str]] = []  # (seconds since start, what)
+        self.seen: Counter[str] = Counter()  # body -> requests that got it
+        self.started = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=f"load-{port}", daemon=True)
+
+    def __enter__(self) -> Load:
+        self.started = time.monotonic()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    @property
+    def requests(self) -> int:
+        return self.ok + len(self.failures)
+
+    def _run(self) -> None:
+        deadline = self.started + self.seconds
+        next_at = self.started
+        for _ in range(self.limit):
+            if self._stop.is_set() or time.monotonic() > deadline:
+                return
+            status, body = get(self.port)
+            if status == 200:
+                self.ok += 1
+                self.seen[body] += 1
+            else:
+                self.failures.append((round(time.monotonic() - self.started, 2), f"{status} {body}"))
+            next_at += self.interval
+            self._stop.wait(max(0.0, next_at - time.monotonic()))
