@@ -13,7 +13,7 @@ from types import SimpleNamespace
 from . import __version__, _cache, _log
 from ._typing import TYPE_CHECKING
 from .config import Config, build_dispatcher, find_config, load_config
-from .dispatch import EXIT_BAD_INPUT, EXIT_HANDLER_FAILED, EXIT_OK, Dispatcher
+from .dispatch import EXIT_BAD_INPUT, EXIT_HANDLER_FAILED, EXIT_OK, Dispatcher, Drift
 from .errors import ConfigError, SerfHandlersError
 
 if TYPE_CHECKING:
@@ -59,30 +59,35 @@ def _check(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: M
 
 
 def _reconcile(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
-    from .members import alive_members
+    from .members import Membership, read_members
 
     rpc_addr = args.rpc_addr or env.get("SERF_RPC_ADDR")
     rpc_auth = args.rpc_auth or env.get("SERF_RPC_AUTH")
-    members, skipped = alive_members(rpc_addr, rpc_auth)
-    for message in skipped:
+    # Read once up front, so that an unreachable agent or bad auth is one clear error; each
+    # handler then reads again under its own lock (see Membership).
+    first = read_members(rpc_addr, rpc_auth)
+    for message in first.skipped:
         _log.error(f"member skipped: {message}")
-    _log.info(f"reconcile: {len(members)} alive member(s)", members=",".join(sorted(m.name for m in members)))
-    outcome = dispatcher.reconcile(members)
+    _log.debug(f"reconcile: {len(first.alive)} alive member(s)", members=",".join(sorted(m.name for m in first.alive)))
+    outcome = dispatcher.reconcile(Membership(lambda: read_members(rpc_addr, rpc_auth)))
     if outcome.failed:
         _log.error_line(outcome.summary())
-    elif skipped:
-        _log.error_line(f"{len(skipped)} member(s) skipped: {skipped[0]}")
-    return EXIT_HANDLER_FAILED if outcome.failed or skipped else EXIT_OK
+    elif first.skipped:
+        _log.error_line(f"{len(first.skipped)} member(s) skipped: {first.skipped[0]}")
+    return EXIT_HANDLER_FAILED if outcome.failed or first.skipped else EXIT_OK
 
 
 def _status(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
     reporters = [(r.name, reporter) for r in dispatcher.registrations if (reporter := r.capabilities.reporter)]
     if not reporters:
         raise ConfigError(f"{config.source}: no configured handler reports a status (configure a haproxy handler)")
+    drift = False
     for name, reporter in reporters:
         print(f"# {name}")
-        print(reporter.status(), end="")
-    return EXIT_OK
+        text = reporter.status()
+        drift = drift or isinstance(text, Drift)
+        print(text, end="")
+    return EXIT_HANDLER_FAILED if drift else EXIT_OK
 
 
 def _render(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:

@@ -40,6 +40,11 @@ QUERY_REPLY_BUDGET = _SERF_RESPONSE_LIMIT - 64  # before the node name: see repl
 EXIT_OK, EXIT_HANDLER_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
+class Drift(str):
+    """A status (`StatusReporter.status()`) saying that what the handler manages differs
+    from what it should be: `serf-handle status` prints it and exits 1."""
+
+
 def reply_budget(node_name: str) -> int:
     """The most bytes of query reply that node `node_name` can send back through Serf.
 
@@ -223,13 +228,25 @@ class Dispatcher:
         return Outcome(tuple(failed), reply)
 
     def reconcile(self, members: Sequence[Member]) -> Outcome:
-        """Hand the full list of alive members to every handler that can reconcile."""
+        """Hand the full list of alive members to every handler that can reconcile.
+
+        A `Membership` (what `serf-handle reconcile` passes) is read from Serf only when a
+        handler first uses it, separately for each handler."""
+        from .members import Membership
+
         failed: list[tuple[str, str]] = []
         for registration in self._registrations:
             reconciler = registration.capabilities.reconciler
             if reconciler is None or not _takes_member_events(registration.events):
                 continue
-            chosen = [m for m in members if registration.role is None or m.role == registration.role]
+            role = registration.role
+            chosen: Sequence[Member]
+            if role is None:
+                chosen = members
+            elif isinstance(members, Membership):
+                chosen = members.with_role(role)
+            else:
+                chosen = [m for m in members if m.role == role]
             try:
                 reconciler.reconcile(chosen)
             except Exception as exc:  # noqa: BLE001 - same contract as dispatch

@@ -56,7 +56,10 @@ class Reconciler(Handler, Protocol):
 class StatusReporter(Handler, Protocol):
     """A handler that can print its current state (`serf-handle status`)."""
 
-    def status(self) -> str: ...
+    def status(self) -> str:
+        """Its state as text; a `dispatch.Drift` (a str) when what it manages differs from
+        that state, so that `serf-handle status` exits 1."""
+        ...
 
 
 class ConfigRenderer(Handler, Protocol):

@@ -116,22 +116,35 @@ def test_leave_failed_and_reap_remove(env: Env) -> None:
     env.event("member-failed", web("web2", 8082))
     assert list(env.servers()) == ["web3"]
     env.event("member-reap", web("web3", 8083))
+    # The partition rule: a backend is never emptied of failed members that are not reaped.
+    assert list(env.servers()) == ["web2"]
+    env.event("member-reap", web("web2", 8082))
     assert env.servers() == {}
     assert env.server_lines() == []
     assert "\nbackend web\n" in env.config.read_text()  # the empty backend stays, valid
-    assert env.reload_count() == 4
+    assert env.reload_count() == 5
 
 
 def test_on_failed_maint_keeps_the_server_disabled_until_it_rejoins(tmp_path: Path) -> None:
     env = Env(tmp_path, on_failed="maint")
-    env.event("member-join", web("web1", 8081))
+    healthy = "server web0 127.0.0.1:8080 weight 1 check inter 500ms fall 1 rise 1"
+    env.event("member-join", web("web0", 8080), web("web1", 8081))  # half the backend stays alive
     env.event("member-failed", web("web1", 8081))
-    assert env.server_lines() == ["server web1 127.0.0.1:8081 weight 1 check inter 500ms fall 1 rise 1 disabled"]
+    disabled = "server web1 127.0.0.1:8081 weight 1 check inter 500ms fall 1 rise 1 disabled"
+    assert env.server_lines() == [healthy, disabled]
     env.event("member-join", web("web1", 8081))
-    assert env.server_lines() == ["server web1 127.0.0.1:8081 weight 1 check inter 500ms fall 1 rise 1"]
+    assert env.server_lines() == [healthy, "server web1 127.0.0.1:8081 weight 1 check inter 500ms fall 1 rise 1"]
     env.event("member-failed", web("web1", 8081))
     env.event("member-reap", web("web1", 8081))
-    assert env.server_lines() == []
+    assert env.server_lines() == [healthy]
+
+
+def test_a_failed_member_is_never_put_in_maintenance_when_it_is_all_the_backend_has(tmp_path: Path) -> None:
+    env = Env(tmp_path, on_failed="maint")
+    env.event("member-join", web("web1", 8081))
+    env.event("member-failed", web("web1", 8081))
+    assert env.server_lines() == ["server web1 127.0.0.1:8081 weight 1 check inter 500ms fall 1 rise 1"]
+    assert "failed (kept)" in env.handler.status()
 
 
 def test_update_moves_a_server_and_tag_only_changes_cost_nothing(env: Env) -> None:

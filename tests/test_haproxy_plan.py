@@ -10,6 +10,7 @@ from types import MappingProxyType
 import pytest
 
 from serf_handlers.events import Member
+from serf_handlers.handlers.haproxy._live import LiveServer
 from serf_handlers.handlers.haproxy._options import parse
 from serf_handlers.handlers.haproxy._plan import (
     NO_CHANGE,
@@ -48,7 +49,7 @@ A, B, C = server("a", 8081), server("b", 8082), server("c", 8083)
 
 
 def plan(old: State, wanted: Mapping[str, Server], installed: str | None, options=LIVE, full: bool = False) -> Plan:
-    return make_plan(old, wanted, installed, fake_render, options, full)
+    return make_plan(old, old._replace(servers=wanted), installed, fake_render, options, full)
 
 
 def applied(*items: Server, pending: tuple[tuple[str, str], ...] = ()) -> State:
@@ -160,7 +161,7 @@ def test_a_broken_template_fails_the_plan_before_anything_happens() -> None:
         raise RuntimeError("template error")
 
     with pytest.raises(RuntimeError):
-        make_plan(applied(A), servers(A, B), fake_render(servers(A)), broken, LIVE)
+        make_plan(applied(A), applied(A, B), fake_render(servers(A)), broken, LIVE)
 
 
 # --- runtime_change ----------------------------------------------------------------------
@@ -203,18 +204,35 @@ def member(name: str, role: str = "web", addr: str = "10.0.0.1", **tags: str) ->
 MAINT = parse(on_failed="maint")
 
 
+KEPT = {"failed": True}
+
+
+def failed(*items: Server, maint: bool = False) -> dict[str, Server]:
+    return {s.node: s._replace(failed=True, maint=maint) for s in items}
+
+
 @pytest.mark.parametrize(
     ("old", "kind", "members", "options", "expected", "skipped"),
     [
         pytest.param({}, "member-join", [member("a", port="8081")], RELOAD, servers(A), [], id="join"),
         pytest.param({}, "member-join", [member("db1", role="db")], RELOAD, {}, [], id="another role is ignored"),
         pytest.param(servers(A, B), "member-leave", [member("a")], RELOAD, servers(B), [], id="leave"),
+        pytest.param(servers(A), "member-leave", [member("a")], RELOAD, {}, [], id="the last one leaves: empty"),
         pytest.param(servers(A), "member-reap", [member("a")], RELOAD, {}, [], id="reap"),
-        pytest.param(servers(A), "member-failed", [member("a")], RELOAD, {}, [], id="failed: removed"),
+        pytest.param(servers(A, B, C), "member-failed", [member("a")], RELOAD, servers(B, C), [], id="failed: removed"),
         pytest.param(
-            servers(A), "member-failed", [member("a")], MAINT, servers(A._replace(maint=True)), [],
+            servers(A, B, C), "member-failed", [member("a")], MAINT, {**servers(B, C), **failed(A, maint=True)}, [],
             id="failed with on_failed maint",
         ),
+        pytest.param(
+            servers(A, B), "member-failed", [member("a"), member("b")], RELOAD, failed(A, B), [],
+            id="partition: all failed, all kept",
+        ),
+        pytest.param(
+            servers(A, B, C), "member-failed", [member("a"), member("b")], MAINT, {**servers(C), **failed(A, B)}, [],
+            id="partition: below min_alive, kept and not in maintenance",
+        ),
+        pytest.param(servers(A), "member-failed", [member("a")], RELOAD, failed(A), [], id="never empties a backend"),
         pytest.param(
             servers(A), "member-update", [member("a", role="db")], RELOAD, {}, [], id="role changed away: removed",
         ),
@@ -226,26 +244,98 @@ MAINT = parse(on_failed="maint")
             {}, "member-join", [member("a", port="x"), member("b", port="8082")], RELOAD, servers(B), ["a"],
             id="an invalid member is skipped, the others apply",
         ),
+        pytest.param(
+            {}, "member-join", [member("a", backend="-x")], RELOAD, {}, ["a"],
+            id="a backend name HAProxy would read as an option",
+        ),
     ],
 )
 def test_wanted_after_event(old, kind, members, options, expected, skipped) -> None:
-    wanted = wanted_after_event(old, kind, members, options)
+    wanted = wanted_after_event(State(old, old), kind, members, options)
     assert wanted.servers == expected
-    assert [node for node, _ in wanted.skipped] == skipped
+    assert [node for node, _ in wanted.errors] == skipped
+
+
+def test_failed_members_come_back_when_the_rest_fail_and_leave_when_they_return() -> None:
+    # a fails and is removed (3 of 4 alive), then b and c fail: 1 of 4 alive is below half,
+    # so all three failed members are served again and health checks decide.
+    d = server("d", 8084)
+    first = wanted_after_event(applied(A, B, C, d), "member-failed", [member("a")], RELOAD)
+    assert first.servers == servers(B, C, d) and first.failed == failed(A) and not first.notes
+    second = wanted_after_event(first.state(applied(B, C, d)), "member-failed", [member("b"), member("c")], RELOAD)
+    assert second.servers == {**servers(d), **failed(A, B, C)} and second.failed == {}
+    assert second.notes == ["keeping 3 failed member(s) in backend web: only 1 of 4 servers alive (min_alive 0.5); "
+                            "health checks decide"]
+    # The partition heals: they rejoin, and the one that never does is removed again.
+    back = wanted_after_event(second.state(applied(d)), "member-join", [member("b", port="8082"),
+                                                                        member("c", port="8083")], RELOAD)
+    assert back.servers == servers(B, C, d) and back.failed == failed(A)
+    assert wanted_after_event(back.state(applied(B, C, d)), "member-reap", [member("a")], RELOAD).failed == {}
+
+
+def test_a_reported_skip_is_not_reported_again_until_the_member_changes() -> None:
+    first = wanted_after_event(EMPTY, "member-join", [member("a", port="x")], RELOAD)
+    assert [node for node, _ in first.errors] == ["a"] and set(first.skipped) == {"a"}
+    again = wanted_after_event(first.state(EMPTY), "member-update", [member("a", port="x")], RELOAD)
+    assert again.errors == [] and set(again.skipped) == {"a"}
+    changed = wanted_after_event(again.state(EMPTY), "member-update", [member("a", port="y")], RELOAD)
+    assert [node for node, _ in changed.errors] == ["a"]
+    fixed = wanted_after_event(changed.state(EMPTY), "member-update", [member("a", port="8081")], RELOAD)
+    assert fixed.servers == servers(A) and fixed.skipped == {}
 
 
 def test_wanted_from_members_keeps_a_bad_members_last_form_unless_its_name_is_taken() -> None:
-    old = servers(A, B)
+    old = applied(A, B)
     members = [member("a", port="bad"), member("b", port="8082"), member("c", port="8083")]
     wanted = wanted_from_members(old, members, RELOAD)
     assert wanted.servers == servers(A, B, C)
-    assert [node for node, _ in wanted.skipped] == ["a"]
+    assert [node for node, _ in wanted.errors] == ["a"]
     # Only members of the role, and nothing from the old state that is not alive now.
     assert wanted_from_members(old, [member("c", port="8083"), member("x", role="db")], RELOAD).servers == servers(C)
+    # Failed members count, and are kept by the partition rule.
+    assert wanted_from_members(old, [member("c", port="8083")], RELOAD, failed=[member("a"), member("b")]).servers == {
+        **servers(C), **failed(A, B)}
 
 
 def test_two_nodes_cannot_share_a_server_name() -> None:
     # "a b" sanitises to a hashed name, never to another node's plain name.
-    first = wanted_from_members({}, [member("a b"), member("a_b")], RELOAD)
+    first = wanted_from_members(EMPTY, [member("a b"), member("a_b")], RELOAD)
     names = [s.name for s in first.servers.values()]
     assert len(set(names)) == 2 and not first.skipped
+
+
+# --- HAProxy's live servers are the truth -----------------------------------------------
+
+
+def live(*items: Server, admin: dict[str, int] | None = None, port: dict[str, int] | None = None):
+    """`show servers state` as parsed: `items` as HAProxy has them, with overrides."""
+    admin, port = admin or {}, port or {}
+    return {
+        s.key: LiveServer(s.backend, s.name, s.addr, port.get(s.node, s.port), s.weight, admin.get(s.node, 0), 2)
+        for s in items
+    }
+
+
+@pytest.mark.parametrize(
+    ("haproxy", "expected"),
+    [
+        pytest.param(live(A, B), NO_CHANGE, id="in sync: nothing"),
+        pytest.param(live(A, B, admin={"b": 0x08}), NO_CHANGE._replace(ready=(B,)), id="left drained by a failed run"),
+        pytest.param(live(A, B, admin={"b": 0x01}), NO_CHANGE._replace(update=((B._replace(maint=True), B),)),
+                     id="put in maintenance behind our back"),
+        pytest.param(live(A, B, port={"a": 9}), NO_CHANGE._replace(update=((A._replace(port=9), A),)),
+                     id="moved behind our back"),
+        pytest.param(live(A), NO_CHANGE._replace(add=(B,)), id="missing (HAProxy restarted with an old file)"),
+        pytest.param(live(A, B, C._replace(backend="web", name="static")), NO_CHANGE,
+                     id="a server this handler did not make is left alone"),
+    ],
+)
+def test_a_repeated_event_repairs_what_haproxy_really_has(haproxy, expected) -> None:
+    old = applied(A, B)
+    result = make_plan(old, old, fake_render(servers(A, B)), fake_render, LIVE, live=haproxy)
+    assert result.runtime == expected and result.reload is None and result.text is None
+
+
+def test_without_an_answer_from_haproxy_the_record_stands() -> None:
+    old = applied(A, B)
+    assert make_plan(old, old, fake_render(servers(A, B)), fake_render, LIVE, live=None).runtime == NO_CHANGE

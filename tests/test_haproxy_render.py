@@ -20,6 +20,7 @@ from serf_handlers.handlers.haproxy._jinja import BUILTIN_TEMPLATE, TemplateErro
 from serf_handlers.handlers.haproxy._plan import wanted_from_members
 from serf_handlers.handlers.haproxy._render import context as render_context
 from serf_handlers.handlers.haproxy._servers import Rejected, Server, from_member
+from serf_handlers.handlers.haproxy._state import EMPTY
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
 
@@ -30,7 +31,7 @@ def handler(tmp_path: Path, **options: object) -> HAProxyHandler:
 
 
 def servers_of(h: HAProxyHandler, *members: Member) -> dict[str, Server]:
-    wanted = wanted_from_members({}, members, h.options)
+    wanted = wanted_from_members(EMPTY, members, h.options)
     assert not wanted.skipped and len(wanted.servers) == len(members)
     return wanted.servers
 

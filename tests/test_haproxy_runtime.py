@@ -118,8 +118,9 @@ class FakeAdmin:
         return "Unknown command\n"
 
     def take(self) -> list[str]:
+        """The commands that changed something since the last take (reads left out)."""
         commands, self.commands = self.commands, []
-        return commands
+        return [c for c in commands if c != "show servers state"]
 
 
 @pytest.fixture
@@ -178,15 +179,10 @@ def test_refused_delete_is_pending_retried_and_revived(live: tuple[Env, FakeAdmi
     admin.take()
     env.event("member-update", web("web2", 8082))  # nothing else to do: the deletion is retried
     assert admin.take() == ["del server web/web1"]
-    # It comes back while its deletion is still pending: revive it.
+    # It comes back while its deletion is still pending: revive it (HAProxy still has it,
+    # in maintenance: move it and make it ready).
     env.event("member-join", web("web1", 8085))
-    assert admin.take() == [
-        f"add server web/web1 127.0.0.1:8085 weight 1 {ADD}",
-        "set server web/web1 addr 127.0.0.1 port 8085",
-        "set weight web/web1 1",
-        "enable health web/web1",
-        "set server web/web1 state ready",
-    ]
+    assert admin.take() == ["set server web/web1 addr 127.0.0.1 port 8085", "set server web/web1 state ready"]
     assert _state.load(str(env.state)).pending == ()
     assert admin.servers["web/web1"] == {"addr": "127.0.0.1", "port": "8085", "weight": "1", "admin": "0"}
     admin.busy.clear()
@@ -199,7 +195,7 @@ def test_on_failed_maint_through_the_runtime_api(short_dir: Path) -> None:
     try:
         env = Env(short_dir, socket=admin.path, on_failed="maint")
         env.handler.render(write=True)
-        env.event("member-join", web("web1", 8081))
+        env.event("member-join", web("web0", 8080), web("web1", 8081))  # half the backend stays alive
         admin.take()
         env.event("member-failed", web("web1", 8081))
         assert admin.take() == ["set server web/web1 state maint"]

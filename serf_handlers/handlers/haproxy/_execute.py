@@ -3,40 +3,47 @@
 The crash-safety protocol, in one place. One run holds the state lock (`<state>.lock`)
 throughout and does, in this order:
 
-1. Plan. A template that cannot render fails here, before anything is touched:
-   save ROLLBACK.
+1. Read HAProxy's live servers (admin socket), then plan. A template that cannot render
+   fails here, before anything is touched: save ROLLBACK.
 2. Start draining the servers that go (runtime API only), so that the drain time
    overlaps the validation below.
 3. Only when there was no state file: save INTENT, which records what HAProxy is known
    to run (usually "unknown"). Without it, a run killed between 4 and 6 would leave an
    installed file that the next run takes for what HAProxy runs.
 4. Install the new config, if its text changed: `haproxy -c` on a candidate, then an
-   atomic rename. A refused or unwritable config leaves the old file byte-identical:
-   save ROLLBACK.
+   atomic rename. A refused or unwritable config leaves the old file byte-identical; the
+   early drains are undone: save ROLLBACK. When `haproxy -c` refuses it because of some
+   members' values, those members are skipped (named once) and the run starts again
+   without them, so one member cannot block the others.
 5. Change HAProxy's servers through the runtime API; if HAProxy refuses or does not
-   answer, fall back to a reload.
+   answer, fall back to a reload. After a change, rewrite the server-state file, so a
+   later reload or restart (ours or an operator's) never brings back old settings.
 6. Reload, when needed: first save HAProxy's server state for the new worker. A failed
    reload: save ROLLBACK.
 7. Save DONE.
 
 The saves:
 - ROLLBACK: `servers` = the new membership (never lost), `applied` = what HAProxy had
-  before the run. The next event or reconcile computes its change from `applied`, so it
-  finishes what this run could not.
+  before the run. The next event or reconcile computes its change from HAProxy's live
+  servers (or, without an answer, from `applied`), so it finishes what this run could not.
 - INTENT: as ROLLBACK, but `applied` as far as it is known before installing.
 - DONE: `applied` = `servers`; `pending` = the deletions HAProxy refused (retried later).
 A run killed anywhere leaves the previous state file, or INTENT, or DONE: each makes the
-next run redo exactly what may be missing (installing the same text again is a no-op).
+next run redo exactly what may be missing (installing the same text again is a no-op),
+and HAProxy's live servers are checked against the state on every run.
 """
 
 from __future__ import annotations
+
+import os
 
 from ... import _log
 from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
 from . import _state
-from ._files import read_bytes
-from ._plan import make_plan
+from ._files import read_bytes, write_atomic
+from ._install import ValidationError
+from ._plan import fingerprint, make_plan
 from ._render import render, server_state_file
 
 if TYPE_CHECKING:
@@ -49,30 +56,45 @@ if TYPE_CHECKING:
     from ._state import State
 
 
-def converge(old: State, wanted: Mapping[str, Server], options: Options, full: bool = False) -> None:
-    """Bring HAProxy (and the state file) from `old` to `wanted`. Call under the state lock."""
-    raw = read_bytes(options.config)
-    installed = None if raw is None else raw.decode("utf-8", "replace")
-    try:
-        plan = make_plan(old, wanted, installed, lambda servers: render(options, servers), options, full)
-    except HandlerError:
-        # Keep the membership (HAProxy still has the old servers): once the template is
-        # fixed, the next event or reconcile applies it.
-        _save(options, old, old._replace(servers=wanted))
-        raise
-    execute(plan, old, options)
-
-
-def execute(plan: Plan, old: State, options: Options) -> None:
-    """Steps 2-7 of the protocol above."""
+def converge(old: State, new: State, options: Options, full: bool = False) -> list[tuple[str, str]]:
+    """Bring HAProxy (and the state file) from `old` to `new`. Call under the state lock.
+    Returns (node, why) for each member skipped because HAProxy rejected its server."""
     runtime = None
     if options.socket is not None:
         from ._runtime import Runtime
 
         runtime = Runtime(options.socket)
-        if plan.text is not None:
-            runtime.drain_early(plan.runtime.drain)
+    try:
+        _converge(old, new, options, full, runtime)
+    except ValidationError as exc:
+        culprits = _culprits(old, new, options) if options.check else {}
+        if not culprits:
+            raise
+        _log.error(f"haproxy: skipping {len(culprits)} member(s) HAProxy rejects; applying the others: {exc}")
+        _converge(old, _without(old, new, culprits), options, full, runtime)
+        return list(culprits.items())
+    return []
+
+
+def _converge(old: State, new: State, options: Options, full: bool, runtime: Runtime | None) -> None:
+    live = None if runtime is None else runtime.live()
+    raw = read_bytes(options.config)
+    installed = None if raw is None else raw.decode("utf-8", "replace")
+    try:
+        plan = make_plan(old, new, installed, lambda servers: render(options, servers), options, full, live)
+    except HandlerError:
+        # Keep the membership (HAProxy still has the old servers): once the template is
+        # fixed, the next event or reconcile applies it.
+        _save_after_failure(options, old, new._replace(applied=old.applied, pending=old.pending))
+        raise
+    execute(plan, old, options, runtime)
+
+
+def execute(plan: Plan, old: State, options: Options, runtime: Runtime | None = None) -> None:
+    """Steps 2-7 of the protocol above."""
     if plan.text is not None:
+        if runtime is not None:
+            runtime.drain_early(plan.runtime.drain)
         from ._install import install
 
         try:
@@ -80,13 +102,19 @@ def execute(plan: Plan, old: State, options: Options) -> None:
                 _save(options, old, plan.intent)
             install(options.config, plan.text, options.check, options.haproxy)
         except HandlerError:
-            _save(options, old, plan.rollback)
+            if runtime is not None:
+                runtime.undo_drains()
+            _save_after_failure(options, old, plan.rollback)
             raise
         _log.info("haproxy: config installed", config=options.config, servers=len(plan.done.servers))
     pending = plan.done.pending
     reason = plan.reload
     if runtime is not None and plan.runtime:
         pending, reason = _runtime_change(runtime, plan, reason)
+        if reason is None and runtime.client.sent and runtime.text is not None:
+            from ._runtime import save_server_state
+
+            save_server_state(server_state_file(options), plan.done.servers, runtime.text)
     if reason is not None:
         pending = _reload(runtime, plan, old, options, reason)
     _log_changes(plan.before, plan.done.servers)
@@ -128,7 +156,7 @@ def _reload(runtime: Runtime | None, plan: Plan, old: State, options: Options, r
     try:
         reload(options.reload)
     except HandlerError:
-        _save(options, old, plan.rollback)
+        _save_after_failure(options, old, plan.rollback)
         raise
     _log.info("haproxy: reloaded", reason=reason)
     return ()
@@ -137,6 +165,62 @@ def _reload(runtime: Runtime | None, plan: Plan, old: State, options: Options, r
 def _save(options: Options, old: State, new: State) -> None:
     if not _state.same(old, new):
         _state.save(options.state, new)
+
+
+def _save_after_failure(options: Options, old: State, new: State) -> None:
+    """Save ROLLBACK, but never hide the failure that led here (a full disk fails both)."""
+    try:
+        _save(options, old, new)
+    except (OSError, HandlerError) as exc:
+        _log.error(f"haproxy: state not saved either: {exc}", state=options.state)
+
+
+def _culprits(old: State, new: State, options: Options) -> dict[str, str]:
+    """The members whose server alone makes `haproxy -c` reject a config that is valid
+    without them: (node -> why). Empty when the config is rejected without any of them
+    (the template, or something else, is at fault)."""
+    from ._install import validate
+
+    before = old.applied or old.servers
+    changed = sorted(node for node, server in new.servers.items() if before.get(node) != server)
+    base = {node: s for node, s in new.servers.items() if node not in changed}
+    probe = f"{options.state}.probe.cfg"
+
+    def rejects(servers: Mapping[str, Server]) -> str | None:
+        try:
+            write_atomic(probe, render(options, servers).encode("utf-8"), 0o600)
+            validate(options.haproxy, probe)
+        except ValidationError as exc:
+            return str(exc)
+        finally:
+            try:
+                os.unlink(probe)
+            except FileNotFoundError:
+                pass
+        return None
+
+    if not changed or rejects(base) is not None:
+        return {}
+    found = {}
+    for node in changed:
+        why = rejects({**base, node: new.servers[node]})
+        if why is not None:
+            server = new.servers[node]
+            found[node] = f"member {node!r} (tags {dict(server.tags)}): {why}"
+    return found
+
+
+def _without(old: State, new: State, culprits: Mapping[str, str]) -> State:
+    """`new` with each culprit back to what HAProxy had (or gone), and remembered as skipped."""
+    before = old.applied or old.servers
+    servers = dict(new.servers)
+    skipped = dict(new.skipped)
+    for node, why in culprits.items():
+        server = servers.pop(node)
+        if node in before:
+            servers[node] = before[node]
+        skipped[node] = (fingerprint(server.addr, server.tags), why)
+    return new._replace(servers=servers, skipped=skipped)
 
 
 def _log_changes(before: Mapping[str, Server], after: Mapping[str, Server]) -> None:

@@ -41,6 +41,9 @@ def write_atomic(
             while view:
                 view = view[os.write(fd, view) :]
             os.fsync(fd)
+        except OSError as exc:
+            exc.filename = candidate  # "No space left on device" should say where
+            raise
         finally:
             os.close(fd)
         if validate is not None:

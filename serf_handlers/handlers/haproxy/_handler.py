@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from ... import _log
 from ..._typing import TYPE_CHECKING
-from ...dispatch import reply_budget
+from ...dispatch import Drift, reply_budget
 from ...errors import ConfigError, HandlerError
 from ...events import MEMBER_EVENTS, MemberEvent, Query
 from . import _state
@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
     from ...dispatch import Reply
     from ...events import Event, Member
+    from ._plan import Wanted
     from ._servers import Server
+    from ._state import State
 
 class HAProxyHandler:
     """Keeps HAProxy's servers equal to the alive Serf members of a role (default `web`).
@@ -45,6 +47,9 @@ class HAProxyHandler:
             reload: [kill, -USR2, "<master pid>"]   # argv, never a shell string; null: no reload
             socket: /run/haproxy/admin.sock         # enables the runtime API (changes without reload)
             on_failed: remove          # or maint: keep a failed member's server in maintenance
+            min_alive: 0.5             # member-failed never takes a backend below this fraction
+                                       # of its servers (a partition): failed ones beyond it stay
+                                       # served, and HAProxy's health checks decide
             query: backends            # the query that answers with this load balancer's view
 
     A member's `weight` tag (0-256) is honoured. Requests whose Host header equals a
@@ -79,24 +84,34 @@ class HAProxyHandler:
         return None
 
     def reconcile(self, members: Sequence[Member]) -> None:
-        """Make the servers exactly the alive `members` of our role, and apply that."""
+        """Make the servers exactly the alive `members` of our role (and the failed ones the
+        partition rule keeps), and HAProxy's live servers exactly those.
+
+        `members` is read under the lock when it is a `Membership` (as `serf-handle reconcile`
+        passes it), so it is never older than an event this handler already applied."""
+        from ...members import Membership
+
         with Lock(self._lock_path):
-            try:
-                old = _state.load(self.options.state)
-            except _state.StateError as exc:
-                _log.error(f"haproxy: {exc}; rebuilding it from scratch")
-                old = _state.EMPTY
-            wanted = wanted_from_members(old.servers, members, self.options)
-            _log_skipped(wanted.skipped)
-            converge(old, wanted.servers, self.options, full=True)
-        _raise_skipped(wanted.skipped)
+            old = self._load(rebuild=True)
+            failed = members.failed if isinstance(members, Membership) else ()
+            wanted = wanted_from_members(old, members, self.options, failed)
+            errors = self._converge(old, wanted, full=True)
+        _raise_skipped(errors)
 
     # --- the CLI's status and render -----------------------------------------------------
 
     def status(self) -> str:
+        """The desired servers beside HAProxy's live ones; a `Drift` when they differ."""
         from ._report import table
 
-        return table(_state.load(self.options.state), self.options.backend)
+        state = _state.load(self.options.state)
+        live = None
+        if self.options.socket is not None:
+            from ._runtime import Runtime
+
+            live = Runtime(self.options.socket).live()
+        text, differs = table(state, self.options.backend, live)
+        return Drift(text) if differs else text
 
     def render(self, write: bool = False) -> str:
         """The config for the current state; with `write`, also install it (no reload)."""
@@ -115,21 +130,41 @@ class HAProxyHandler:
 
     def _member_event(self, event: MemberEvent) -> None:
         with Lock(self._lock_path):
-            old = _state.load(self.options.state)
-            wanted = wanted_after_event(old.servers, event.type, event.members, self.options)
-            _log_skipped(wanted.skipped, event=event.type)
-            converge(old, wanted.servers, self.options)
-        _raise_skipped(wanted.skipped)
+            old = self._load(rebuild=self.options.socket is not None)
+            wanted = wanted_after_event(old, event.type, event.members, self.options)
+            errors = self._converge(old, wanted, full=False)
+        _raise_skipped(errors)
+
+    def _load(self, rebuild: bool) -> State:
+        """The state; an unreadable one is rebuilt (one warning) when `rebuild` is possible:
+        from HAProxy's live servers, or from nothing for reconcile."""
+        try:
+            return _state.load(self.options.state)
+        except _state.StateError as exc:
+            if not rebuild:
+                raise
+            from ._runtime import Runtime
+
+            live = None if self.options.socket is None else Runtime(self.options.socket).live()
+            _log.warning(f"haproxy: {exc}; rebuilding it from {'scratch' if live is None else 'HAProxy'}")
+            return _state.EMPTY if live is None else _state.from_live(live)
+
+    def _converge(self, old: State, wanted: Wanted, full: bool) -> list[tuple[str, str]]:
+        for node, why in wanted.errors:
+            _log.error(f"haproxy: member skipped: {why}", node=node)
+        for node in sorted(wanted.skipped.keys() - {node for node, _ in wanted.errors}):
+            _log.debug("haproxy: member still skipped", node=node, why=wanted.skipped[node][1])
+        for note in wanted.notes:
+            _log.warning(f"haproxy: {note}")
+        rejected = converge(old, wanted.state(old), self.options, full)
+        for node, why in rejected:
+            _log.error(f"haproxy: member skipped: {why}", node=node)
+        return wanted.errors + rejected
 
     def _render(self, servers: Mapping[str, Server]) -> str:
         from ._render import render
 
         return render(self.options, servers)
-
-
-def _log_skipped(skipped: Sequence[tuple[str, str]], **fields: str) -> None:
-    for node, message in skipped:
-        _log.error(f"haproxy: member skipped: {message}", **fields, node=node)
 
 
 def _raise_skipped(skipped: Sequence[tuple[str, str]]) -> None:

@@ -41,7 +41,7 @@ def install(path: str, text: str, check: bool, haproxy: str) -> None:
         checker = (lambda candidate: validate(haproxy, candidate)) if check else None
         write_atomic(path, text.encode("utf-8"), mode, checker, owner)
     except OSError as exc:
-        raise HandlerError(f"cannot write {path}: {exc}") from None
+        raise HandlerError(f"cannot write {path}: {exc.filename or path}: {exc.strerror or exc}") from None
 
 
 def validate(haproxy: str, path: str) -> None:

@@ -6,7 +6,7 @@ import os
 
 from ..._typing import TYPE_CHECKING, NamedTuple
 from ...errors import ConfigError
-from ._servers import is_token
+from ._servers import is_backend_name
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -34,6 +34,7 @@ class Options(NamedTuple):
     socket: str | None
     on_failed: str
     query: str
+    min_alive: float  # member-failed never takes a backend below this fraction of its servers
 
 
 def parse(
@@ -50,13 +51,16 @@ def parse(
     socket: object = None,
     on_failed: object = "remove",
     query: object = "backends",
+    min_alive: object = 0.5,
 ) -> Options:
     if not isinstance(role, str) or not role:
         raise ConfigError(f"role: expected a non-empty string, got {role!r}")
     if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
         raise ConfigError(f"port: expected an integer from 1 to 65535, got {port!r}")
-    if not is_token(backend):
-        raise ConfigError(f"backend: expected 1-63 characters of A-Z a-z 0-9 _ . -, got {backend!r}")
+    if not is_backend_name(backend):
+        raise ConfigError(
+            f"backend: expected 1-63 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit, got {backend!r}"
+        )
     config = _path(config, "config")
     if template is not None:
         template = _path(template, "template")
@@ -78,7 +82,16 @@ def parse(
         raise ConfigError(f"on_failed: expected one of {', '.join(ON_FAILED)}, got {on_failed!r}")
     if not isinstance(query, str) or not query or not _is_word(query) or "," in query:
         raise ConfigError(f"query: expected a query name (no spaces or commas), got {query!r}")
-    return Options(role, port, backend, config, template, vars, state, check, haproxy, reload, socket, on_failed, query)
+    return Options(
+        role, port, backend, config, template, vars, state, check, haproxy, reload, socket, on_failed, query,
+        _fraction(min_alive, "min_alive"),
+    )
+
+
+def _fraction(value: object, option: str) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise ConfigError(f"{option}: expected a fraction from 0 to 1 (e.g. 0.5), got {value!r}")
+    return float(value)
 
 
 def _vars(vars: object) -> dict[str, Any]:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
     from ...events import Member
+    from ._live import LiveServer
     from ._options import Options
 
     Render = Callable[[Mapping[str, Server]], str]
@@ -28,54 +29,126 @@ Key = tuple[str, str]  # (backend, server)
 
 
 class Wanted(NamedTuple):
-    servers: dict[str, Server]  # node -> server
-    skipped: list[tuple[str, str]]  # (node, why) for each member that cannot be rendered safely
+    servers: dict[str, Server]  # node -> server: what HAProxy should serve
+    failed: dict[str, Server]  # failed members not served (see `contain_failures`)
+    skipped: dict[str, tuple[str, str]]  # node -> (fingerprint, why): members that cannot be served
+    errors: list[tuple[str, str]]  # (node, why): the skips not reported before
+    notes: list[str]  # one line per backend where the partition rule keeps failed members
+
+    def state(self, old: State) -> State:
+        """The membership part of the state to save."""
+        return old._replace(servers=self.servers, failed=self.failed, skipped=self.skipped)
 
 
-def wanted_after_event(old: Mapping[str, Server], kind: str, members: Iterable[Member], options: Options) -> Wanted:
+def wanted_after_event(old: State, kind: str, members: Iterable[Member], options: Options) -> Wanted:
     """The servers after a member event of `kind`, starting from `old`."""
-    wanted = Wanted(dict(old), [])
-    names = {s.name: node for node, s in old.items()}
+    wanted = Wanted(dict(old.servers), dict(old.failed), dict(old.skipped), [], [])
+    names = {s.name: node for node, s in old.servers.items()}
     for member in members:
-        ours = member.role == options.role
-        if kind in ("member-join", "member-update") and ours:
+        node = member.name
+        if kind in ("member-join", "member-update") and member.role == options.role:
+            wanted.failed.pop(node, None)
             _admit(wanted, names, member, options, old)
-        elif member.name not in wanted.servers:
+            continue
+        if kind != "member-failed":
+            wanted.skipped.pop(node, None)  # it left, was reaped, or is no longer of our role
+            wanted.failed.pop(node, None)
+        if node not in wanted.servers:
             continue  # another role's member, or one we never had
-        elif kind == "member-failed" and options.on_failed == "maint":
-            wanted.servers[member.name] = wanted.servers[member.name]._replace(maint=True)
+        if kind == "member-failed":
+            wanted.servers[node] = wanted.servers[node]._replace(failed=True)
         else:
-            names.pop(wanted.servers.pop(member.name).name, None)
-    return wanted
+            names.pop(wanted.servers.pop(node).name, None)
+    return contain_failures(wanted, options)
 
 
-def wanted_from_members(old: Mapping[str, Server], members: Iterable[Member], options: Options) -> Wanted:
-    """Exactly the alive `members` of our role (reconcile)."""
-    wanted = Wanted({}, [])
+def wanted_from_members(
+    old: State, members: Iterable[Member], options: Options, failed: Iterable[Member] = ()
+) -> Wanted:
+    """Exactly the alive `members` of our role, and the `failed` ones the rule keeps (reconcile)."""
+    wanted = Wanted({}, {}, {}, [], [])
     names: dict[str, str] = {}
     for member in members:
         if member.role == options.role:
             _admit(wanted, names, member, options, old)
-    return wanted
+    for member in failed:
+        if member.role == options.role and member.name not in wanted.servers:
+            known = old.servers.get(member.name) or old.failed.get(member.name)
+            try:
+                server = known or from_member(member.name, member.addr, member.tags, options.port, options.backend)
+            except Rejected:
+                continue  # a failed member that could never be served: nothing to keep
+            if server.name not in names:
+                wanted.servers[member.name] = server._replace(failed=True)
+                names[server.name] = member.name
+    return contain_failures(wanted, options)
 
 
-def _admit(wanted: Wanted, names: dict[str, str], member: Member, options: Options, old: Mapping[str, Server]) -> None:
+def fingerprint(addr: str, tags: Mapping[str, str]) -> str:
+    """What a member sent, to tell a problem already reported from a new one."""
+    return repr((addr, sorted(tags.items())))
+
+
+def _admit(wanted: Wanted, names: dict[str, str], member: Member, options: Options, old: State) -> None:
     """Add `member`'s server; a member that cannot be rendered safely keeps its last valid
     form (if it had one and its name is still free) until it sends a valid one."""
+    node = member.name
     try:
-        server = from_member(member.name, member.addr, member.tags, options.port, options.backend)
-        owner = names.get(server.name, member.name)
-        if owner != member.name:
-            raise Rejected(f"member {member.name!r}: server name {server.name!r} is already used by node {owner!r}")
+        server = from_member(node, member.addr, member.tags, options.port, options.backend)
+        owner = names.get(server.name, node)
+        if owner != node:
+            raise Rejected(f"member {node!r}: server name {server.name!r} is already used by node {owner!r}")
+        known = old.skipped.get(node)
+        if known is not None and known[0] == fingerprint(member.addr, member.tags):
+            raise Rejected(known[1])  # HAProxy rejected exactly this before (see `_execute`)
     except Rejected as exc:
-        wanted.skipped.append((member.name, str(exc)))
-        kept = old.get(member.name)
-        if kept is None or names.get(kept.name, member.name) != member.name:
-            wanted.servers.pop(member.name, None)
+        skip(wanted, old, member, str(exc))
+        kept = old.servers.get(node)
+        if kept is None or names.get(kept.name, node) != node:
+            wanted.servers.pop(node, None)
             return
         server = kept
-    wanted.servers[member.name] = server
-    names[server.name] = member.name
+    else:
+        wanted.skipped.pop(node, None)
+    wanted.servers[node] = server
+    names[server.name] = node
+
+
+def skip(wanted: Wanted, old: State, member: Member, why: str) -> None:
+    """Record that `member` is not served; an error only if this problem is new."""
+    seen = fingerprint(member.addr, member.tags)
+    if old.skipped.get(member.name, ("", ""))[0] != seen:
+        wanted.errors.append((member.name, why))
+    wanted.skipped[member.name] = (seen, why)
+
+
+def contain_failures(wanted: Wanted, options: Options) -> Wanted:
+    """The partition rule: `member-failed` never takes a backend below `min_alive` of its
+    servers, and never empties it.
+
+    From where the load balancer stands, a partition looks like every member failing at
+    once although they all still serve. So per backend: when enough members are alive,
+    failed ones are removed (or kept in maintenance with `on_failed: maint`); otherwise
+    every failed one stays served and HAProxy's health checks decide who gets traffic.
+    """
+    alive = {node: s for node, s in wanted.servers.items() if not s.failed}
+    down = {**wanted.failed, **{node: s for node, s in wanted.servers.items() if s.failed}}
+    servers, failed, notes = dict(alive), {}, list(wanted.notes)
+    for backend in sorted({s.backend for s in down.values()}):
+        gone = {node: s for node, s in down.items() if s.backend == backend}
+        up = sum(1 for s in alive.values() if s.backend == backend)
+        total = up + len(gone)
+        if up == 0 or up < options.min_alive * total:
+            servers.update({node: s._replace(failed=True, maint=False) for node, s in gone.items()})
+            notes.append(
+                f"keeping {len(gone)} failed member(s) in backend {backend}: only {up} of {total} "
+                f"servers alive (min_alive {options.min_alive:g}); health checks decide"
+            )
+        elif options.on_failed == "maint":
+            servers.update({node: s._replace(failed=True, maint=True) for node, s in gone.items()})
+        else:
+            failed.update({node: s._replace(failed=True, maint=False) for node, s in gone.items()})
+    return wanted._replace(servers=servers, failed=failed, notes=notes)
 
 
 # --- the runtime-API change ------------------------------------------------------------
@@ -88,9 +161,15 @@ class RuntimeChange(NamedTuple):
     delete: tuple[Key, ...]  # `del server`; one that HAProxy refuses stays pending
     add: tuple[Server, ...]  # `add server` (in maintenance), `enable health`, then its state
     update: tuple[tuple[Server, Server], ...]  # (before, after): address, weight, maintenance
+    ready: tuple[Server, ...] = ()  # drained in HAProxy although they should not be
 
     def __bool__(self) -> bool:
-        return any((self.drain, self.delete, self.add, self.update))
+        return any(self)
+
+    @property
+    def repairs(self) -> bool:
+        """Whether it changes anything beyond retrying deferred deletions."""
+        return any((self.drain, self.add, self.update, self.ready))
 
 
 NO_CHANGE = RuntimeChange((), (), (), ())
@@ -101,18 +180,55 @@ def leaving(old: Mapping[str, Server], new: Mapping[str, Server]) -> list[Server
     return [s for node, s in sorted(old.items()) if node not in new or new[node].key != s.key]
 
 
-def runtime_change(old: Mapping[str, Server], new: Mapping[str, Server], pending: Iterable[Key]) -> RuntimeChange:
+def runtime_change(
+    old: Mapping[str, Server],
+    new: Mapping[str, Server],
+    pending: Iterable[Key],
+    live: Mapping[Key, LiveServer] | None = None,
+) -> RuntimeChange:
+    """From `old` (HAProxy's servers) to `new`; `live` adds what only HAProxy knows (drains)."""
     gone = leaving(old, new)
     added = tuple(s for node, s in sorted(new.items()) if node not in old or old[node].key != s.key)
     kept = tuple((old[node], s) for node, s in sorted(new.items()) if node in old and old[node].key == s.key)
-    readded = {s.key for s in added}  # a deferred deletion whose server comes back is revived instead
-    delete = sorted({*pending, *(s.key for s in gone)} - readded)
+    wanted = {s.key for s in new.values()}  # a deferred deletion whose server comes back is revived instead
+    delete = sorted({*pending, *(s.key for s in gone)} - wanted)
     return RuntimeChange(
         drain=tuple(s for s in gone if not s.maint),
         delete=tuple(delete),
         add=added,
         update=tuple((before, after) for before, after in kept if before != after._replace(tags=before.tags)),
+        ready=tuple(
+            after
+            for before, after in kept
+            if live is not None and not before.maint and not after.maint and _state_of(live, after) == "drain"
+        ),
     )
+
+
+def _state_of(live: Mapping[Key, LiveServer], server: Server) -> str | None:
+    found = live.get(server.key)
+    return None if found is None else found.state
+
+
+def as_servers(live: Mapping[Key, LiveServer], old: State, wanted: Mapping[str, Server]) -> dict[str, Server]:
+    """HAProxy's live servers in the form of our record, by node: only the servers this
+    handler made (an operator's own servers in the template are left alone). A second
+    server of one node (left by a failed move) is listed under its path, to be removed."""
+    records = (old.failed, old.applied or {}, old.servers, wanted)
+    owner = {s.key: node for servers in records for node, s in servers.items()}
+    actual: dict[str, Server] = {}
+    for key, row in sorted(live.items()):
+        node = owner.get(key)
+        if node is None:
+            continue
+        record = next(servers[node] for servers in reversed(records) if node in servers)
+        if node in actual or record.key != key:
+            node = f"\0{row.backend}/{row.name}"  # no node name holds a NUL: not wanted, so removed
+        actual[node] = record._replace(
+            node=node, backend=row.backend, name=row.name, addr=row.addr, port=row.port, weight=row.weight,
+            maint=row.state == "maint",
+        )
+    return actual
 
 
 # --- one run ---------------------------------------------------------------------------
@@ -131,27 +247,33 @@ class Plan(NamedTuple):
 
 def make_plan(
     old: State,
-    wanted: Mapping[str, Server],
+    new: State,
     installed: str | None,
     render: Render,
     options: Options,
     full: bool = False,
+    live: Mapping[Key, LiveServer] | None = None,
 ) -> Plan:
-    """What must happen to bring HAProxy from `old` to `wanted`.
+    """What must happen to bring HAProxy from `old` to `new.servers`.
 
-    `installed` is the text of the installed config (None: no file); `full` (reconcile)
-    goes through every step even when the state says HAProxy already has `wanted`.
+    `installed` is the text of the installed config (None: no file); `live` is what
+    HAProxy really has (`show servers state`; None without an answer). `full` (reconcile)
+    goes through every step even when nothing seems to differ.
     Raises what `render` raises (a broken template).
     """
-    live = options.socket is not None
-    new = old._replace(servers=wanted)
-    rollback = new._replace(applied=old.applied)
+    wanted = new.servers
+    rollback = new._replace(applied=old.applied, pending=old.pending)
+    done = new._replace(applied=wanted)
     applied = old.applied
+    actual = applied if live is None else as_servers(live, old, wanted)
+    pending = old.pending if live is None else tuple(key for key in old.pending if key in live)
     if not full and old.exists and applied == wanted:
-        # What HAProxy has is what we want: a repeated or irrelevant event ends here,
-        # retrying only the deletions HAProxy refused earlier.
-        retry = runtime_change(wanted, wanted, old.pending) if live else NO_CHANGE
-        return Plan(None, retry, None, False, None, rollback, new._replace(applied=wanted), wanted)
+        # The record says HAProxy has what we want: a repeated or irrelevant event ends here,
+        # retrying deferred deletions, unless HAProxy itself says otherwise (drift, or what a
+        # failed run left behind): then it is repaired like any change.
+        retry = NO_CHANGE if options.socket is None else runtime_change(actual or {}, wanted, pending, live)
+        if not retry.repairs:
+            return Plan(None, retry, None, False, None, rollback, done._replace(pending=pending), wanted)
 
     text = render(wanted)
     if applied is None and not old.exists:
@@ -165,13 +287,14 @@ def make_plan(
     changed = installed != text
     # With no state file, record first that HAProxy has not got this config yet: should the
     # run die between install and reload, the next one must not take the file for what HAProxy runs.
-    intent = new._replace(applied=applied) if changed and not old.exists else None
+    intent = new._replace(applied=applied, pending=old.pending) if changed and not old.exists else None
     reason = _reload_reason(applied, wanted, installed, text, render, options)
     runtime = NO_CHANGE
-    if live and reason is None and applied is not None:
-        runtime = runtime_change(applied, wanted, old.pending)
-    done = new._replace(applied=wanted)
-    return Plan(text if changed else None, runtime, reason, True, intent, rollback, done, applied or {})
+    if options.socket is not None and reason is None and applied is not None:
+        runtime = runtime_change(applied if live is None else actual or {}, wanted, pending, live)
+    before = (applied if live is None else actual) or {}
+    done = done._replace(pending=pending)
+    return Plan(text if changed else None, runtime, reason, True, intent, rollback, done, before)
 
 
 def _reload_reason(

@@ -4,29 +4,71 @@ from __future__ import annotations
 
 from ..._log import escape
 from ..._typing import TYPE_CHECKING
+from ._plan import as_servers, runtime_change
 from ._servers import Server, by_backend
 from ._state import State
 
 if TYPE_CHECKING:
-    pass
+    from collections.abc import Mapping
+
+    from ._live import LiveServer
+    from ._plan import Key
 
 TRUNCATED = "truncated"
 
 
-def table(state: State, default_backend: str) -> str:
-    rows = [("BACKEND", "SERVER", "ADDRESS", "WEIGHT", "STATE", "NODE")]
+def table(
+    state: State, default_backend: str, live: Mapping[Key, LiveServer] | None = None
+) -> tuple[str, bool]:
+    """The status table, and whether HAProxy's `live` servers differ from the state."""
+    header = ("BACKEND", "SERVER", "ADDRESS", "WEIGHT", "STATE", "NODE")
+    rows: list[tuple[str, ...]] = [header if live is None else (*header[:5], "LIVE", header[5])]
+    wrong = set() if live is None else _differing(state, live)
     for backend, servers in by_backend(state.servers, default_backend).items():
         if not servers:
-            rows.append((backend, "-", "-", "-", "(no servers)", "-"))
+            rows.append(_row(live, (backend, "-", "-", "-", "(no servers)"), "", "-"))
         for s in servers:
-            rows.append((backend, s.name, s.address, str(s.weight), "maint" if s.maint else "ready", escape(s.node)))
+            cell = "-" if live is None else _live_cell(live.get(s.key), s.key in wrong)
+            rows.append(_row(live, (backend, s.name, s.address, str(s.weight), _state(s)), cell, escape(s.node)))
+    for node, s in sorted(state.failed.items()):
+        rows.append(_row(live, (s.backend, s.name, s.address, str(s.weight), "failed (removed)"), "", escape(node)))
     for backend, name in sorted(state.pending):
-        rows.append((backend, name, "-", "-", "deleting", "-"))
+        rows.append(_row(live, (backend, name, "-", "-", "deleting"), "", "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+    for node, (_, why) in sorted(state.skipped.items()):
+        lines.append(f"skipped: {escape(node)}: {why}")
     if state.applied is not None and state.applied != state.servers:
         lines.append("note: HAProxy does not have all of this yet (the last change failed; it is retried)")
-    return "\n".join(lines) + "\n"
+    if wrong:
+        lines.append(
+            f"HAProxy differs from this for {len(wrong)} server(s) (marked !); `serf-handle reconcile` repairs it"
+        )
+    return "\n".join(lines) + "\n", bool(wrong)
+
+
+def _row(live: object, cells: tuple[str, ...], live_cell: str, node: str) -> tuple[str, ...]:
+    return (*cells, node) if live is None else (*cells, live_cell or "-", node)
+
+
+def _state(server: Server) -> str:
+    if server.failed:
+        return "maint (failed)" if server.maint else "failed (kept)"
+    return "maint" if server.maint else "ready"
+
+
+def _live_cell(found: LiveServer | None, wrong: bool) -> str:
+    if found is None:
+        return "missing !"
+    text = f"{found.state} {found.health}"
+    return f"{text} {found.addr}:{found.port} w={found.weight} !" if wrong else text
+
+
+def _differing(state: State, live: Mapping[Key, LiveServer]) -> set[Key]:
+    """The keys of the servers HAProxy has otherwise than the state says (missing, moved,
+    re-weighted, drained, in or out of maintenance, or left behind)."""
+    change = runtime_change(as_servers(live, state, state.servers), state.servers, (), live)
+    return {s.key for s in (*change.drain, *change.add, *change.ready)} | {after.key for _, after in change.update}
 
 
 def summary(state: State, default_backend: str, budget: int) -> str:

@@ -21,11 +21,13 @@ from ... import _log
 from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
 from ._files import read_bytes, write_atomic
+from ._live import parse, rows
 from ._servers import RUNTIME_OPTIONS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
 
+    from ._live import LiveServer
     from ._plan import Key, RuntimeChange
     from ._servers import Server
 
@@ -82,6 +84,17 @@ class Runtime:
         self.drain_seconds = drain_seconds
         self.drained: set[Key] = set()
         self.drained_at = 0.0  # time.monotonic() of the last drain
+        self.text: str | None = None  # the last `show servers state`
+
+    def live(self) -> dict[Key, LiveServer] | None:
+        """HAProxy's servers now; None when the socket does not answer (then the state
+        file's record stands in). The text is kept for the next server-state save."""
+        try:
+            self.text = self.client("show servers state")
+        except Unavailable as exc:
+            _log.warning(f"haproxy: cannot read HAProxy's servers: {exc}")
+            return None
+        return parse(self.text)
 
     def drain_early(self, servers: Iterable[Server]) -> None:
         """Start draining servers about to go before the slow part of a run (`haproxy -c`),
@@ -93,6 +106,16 @@ class Runtime:
                     self.drained_at = time.monotonic()
             except Unavailable:
                 return
+
+    def undo_drains(self) -> None:
+        """After a failed run: put the servers drained early back (best effort; the next
+        run compares HAProxy's live state with the record and repairs what is left)."""
+        for backend, name in sorted(self.drained):
+            try:
+                self.client(f"set server {backend}/{name} state ready")
+            except Unavailable:
+                return
+        self.drained.clear()
 
     def apply(self, change: RuntimeChange) -> tuple[Key, ...]:
         """Send `change`; return the deletions HAProxy refused (still pending).
@@ -139,6 +162,8 @@ class Runtime:
                 _expect(api, f"set weight {after.path} {after.weight}", _done)
             if before.maint != after.maint:
                 _expect(api, f"set server {after.path} state {_state(after)}", _done)
+        for server in change.ready:
+            _expect(api, f"set server {server.path} state ready", _done)
         return tuple(pending)
 
     def save_server_state(self, path: str, servers: Mapping[str, Server]) -> None:
@@ -199,18 +224,12 @@ def filter_server_state(text: str, servers: Mapping[str, Server]) -> str:
     line could move a server back; a line is kept only when backend, name, address, port
     and weight all match and its maintenance state is the wanted one.
     """
-    wanted = {(s.backend, s.name): s for s in servers.values()}
-    lines = text.splitlines()
-    header = next((line for line in lines if line.startswith("# be_id")), None)
+    wanted = {s.key: s for s in servers.values()}
+    header, found = rows(text)
     if header is None:
         return ""
-    columns = header[2:].split()
     out = ["1", header]
-    for line in lines:
-        fields = line.split()
-        if line.startswith("#") or len(fields) != len(columns):
-            continue
-        row = dict(zip(columns, fields, strict=True))
+    for line, row in found:
         server = wanted.get((row.get("be_name", ""), row.get("srv_name", "")))
         if server is None:
             continue

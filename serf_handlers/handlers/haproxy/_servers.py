@@ -47,7 +47,8 @@ class Server(NamedTuple):
     weight: int
     backend: str  # safe charset
     tags: Mapping[str, str]
-    maint: bool = False  # kept in maintenance (on_failed: maint)
+    maint: bool = False  # in maintenance (a failed member, with on_failed: maint)
+    failed: bool = False  # its member failed; served only while the partition rule keeps it
 
     @property
     def address(self) -> str:
@@ -82,6 +83,12 @@ def is_token(text: object) -> TypeGuard[str]:
     return isinstance(text, str) and 0 < len(text) <= MAX_NAME and all(c in SAFE_CHARS for c in text)
 
 
+def is_backend_name(text: object) -> TypeGuard[str]:
+    """A token that starts with a letter or digit: HAProxy reads a leading `-` in an ACL
+    pattern (where the built-in template routes by backend name) as an option."""
+    return is_token(text) and text[0].isalnum()
+
+
 def server_name(node: str) -> str:
     """The HAProxy server name for a Serf node name: deterministic and unique.
 
@@ -110,8 +117,11 @@ def from_member(name: str, addr: str, tags: Mapping[str, str], default_port: int
     port = _int_tag(tags, "port", default_port, 1, 65535, where)
     weight = _int_tag(tags, "weight", DEFAULT_WEIGHT, 0, 256, where)
     backend = tags.get("backend", default_backend)
-    if not is_token(backend):
-        raise Rejected(f"{where}: tag backend={backend!r} is not a valid backend name (1-63 of A-Z a-z 0-9 _ . -)")
+    if not is_backend_name(backend):
+        raise Rejected(
+            f"{where}: tag backend={backend!r} is not a valid backend name "
+            "(1-63 of A-Z a-z 0-9 _ . -, starting with a letter or digit)"
+        )
     return Server(name, server_name(name), _canonical_ip(addr, where), port, weight, backend, dict(tags))
 
 
@@ -145,6 +155,7 @@ def to_json(server: Server) -> dict[str, Any]:
         "backend": server.backend,
         "tags": dict(server.tags),
         "maint": server.maint,
+        "failed": server.failed,
     }
 
 
@@ -154,7 +165,7 @@ def from_json(node: str, raw: object) -> Server:
     if not isinstance(raw, dict):
         raise Rejected(f"{where}: not an object")
     name, port, weight, backend = raw.get("name"), raw.get("port"), raw.get("weight"), raw.get("backend")
-    tags, maint = raw.get("tags", {}), raw.get("maint", False)
+    tags, maint, failed = raw.get("tags", {}), raw.get("maint", False), raw.get("failed", False)
     if not is_token(name):
         raise Rejected(f"{where}: invalid server name {name!r}")
     if not _is_int(port, 1, 65535):
@@ -165,9 +176,9 @@ def from_json(node: str, raw: object) -> Server:
         raise Rejected(f"{where}: invalid backend {backend!r}")
     if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
         raise Rejected(f"{where}: tags are not a string mapping")
-    if not isinstance(maint, bool):
-        raise Rejected(f"{where}: maint is not a boolean")
-    return Server(node, name, _canonical_ip(raw.get("addr"), where), port, weight, backend, tags, maint)
+    if not isinstance(maint, bool) or not isinstance(failed, bool):
+        raise Rejected(f"{where}: maint or failed is not a boolean")
+    return Server(node, name, _canonical_ip(raw.get("addr"), where), port, weight, backend, tags, maint, failed)
 
 
 def _is_int(value: object, low: int, high: int) -> TypeGuard[int]:

@@ -4,16 +4,22 @@ JSON, mode 0600, replaced atomically, read and written under an exclusive lock o
 `<state>.lock` (see `_files.Lock`). Its shape:
 
     {"version": 1,
-     "servers": {NODE: {"name", "addr", "port", "weight", "backend", "tags", "maint"}},
+     "servers": {NODE: {"name", "addr", "port", "weight", "backend", "tags", "maint", "failed"}},
      "applied": {NODE: {...}}, or "servers" when equal to servers, or null,
-     "pending": [[BACKEND, SERVER], ...]}
+     "pending": [[BACKEND, SERVER], ...],
+     "failed": {NODE: {...}},
+     "skipped": {NODE: [FINGERPRINT, WHY]}}
 
 - `servers`: the wanted servers, keyed by the exact Serf node name (the stable id).
 - `applied`: the servers the running HAProxy is known to have (last successful apply);
-  null when unknown. Runtime API changes are computed from `applied` to `servers`, so a
-  failed run is completed by the next one instead of being forgotten.
+  null when unknown. Where the admin socket answers, HAProxy's live servers are the
+  truth instead (see `_plan`); `applied` still tells which config HAProxy loaded.
 - `pending`: servers removed from the config whose `del server` HAProxy refused because
   connections were still open. They sit in maintenance; deletion is retried later.
+- `failed`: failed members that are not served (the partition rule allowed removing
+  them); they still count in their backend's size until they leave, are reaped or return.
+- `skipped`: members that cannot be served (an invalid tag, or a config HAProxy rejects
+  because of them), with what they sent, so each problem is reported once, not every run.
 """
 
 from __future__ import annotations
@@ -23,11 +29,14 @@ import os
 from ..._typing import TYPE_CHECKING, NamedTuple
 from ...errors import HandlerError
 from ._files import read_bytes, write_atomic
-from ._servers import Rejected, Server, from_json, to_json
+from ._servers import Rejected, Server, from_json, server_name, to_json
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any
+
+    from ._live import LiveServer
+    from ._plan import Key
 
 VERSION = 1
 
@@ -36,6 +45,8 @@ class State(NamedTuple):
     servers: Mapping[str, Server]
     applied: Mapping[str, Server] | None
     pending: tuple[tuple[str, str], ...] = ()
+    failed: Mapping[str, Server] = {}  # never mutated (a NamedTuple's default): replaced with _replace
+    skipped: Mapping[str, tuple[str, str]] = {}  # node -> (fingerprint, why)
     exists: bool = True  # False: there was no state file (a first run, or it was deleted)
 
 
@@ -62,6 +73,19 @@ def load(path: str) -> State:
         raise StateError(f"state file {path}: {exc}; run `serf-handle reconcile`") from None
 
 
+def from_live(live: Mapping[Key, LiveServer]) -> State:
+    """A state rebuilt from HAProxy's live servers, when the file is lost or unreadable.
+
+    A server named like a node (not a hashed name) is taken to be that node's; HAProxy is
+    known to have them. The next event corrects their tags, `reconcile` everything else."""
+    servers = {}
+    for row in live.values():
+        if server_name(row.name) == row.name:
+            maint = row.state == "maint"
+            servers[row.name] = Server(row.name, row.name, row.addr, row.port, row.weight, row.backend, {}, maint)
+    return State(servers, dict(servers))
+
+
 def _parse(data: object) -> State:
     if not isinstance(data, dict) or data.get("version") != VERSION:
         raise Rejected(f"not a version {VERSION} state object")
@@ -71,7 +95,16 @@ def _parse(data: object) -> State:
     pending = data.get("pending", [])
     if not isinstance(pending, list) or not all(_is_key(item) for item in pending):
         raise Rejected("pending: expected a list of [backend, server] pairs")
-    return State(servers, applied, tuple((b, s) for b, s in pending))
+    failed = _servers(data.get("failed", {}), "failed")
+    skipped = data.get("skipped", {})
+    if not isinstance(skipped, dict) or not all(_is_pair(value) for value in skipped.values()):
+        raise Rejected("skipped: expected an object of [fingerprint, reason] pairs")
+    pairs = {node: (fingerprint, why) for node, (fingerprint, why) in skipped.items()}
+    return State(servers, applied, tuple((b, s) for b, s in pending), failed, pairs)
+
+
+def _is_pair(value: object) -> bool:
+    return isinstance(value, list) and len(value) == 2 and all(isinstance(v, str) for v in value)
 
 
 def _servers(raw: object, where: str) -> dict[str, Server]:
@@ -104,6 +137,10 @@ def dumps(state: State) -> bytes:
         "applied": applied,
         "pending": [list(key) for key in sorted(set(state.pending))],
     }
+    if state.failed:
+        data["failed"] = {node: to_json(s) for node, s in sorted(state.failed.items())}
+    if state.skipped:
+        data["skipped"] = {node: list(pair) for node, pair in sorted(state.skipped.items())}
     # Compact: with 10,000 members the file is read and written on every event
     # (`serf-handle status` is the readable view).
     return (json.dumps(data, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
@@ -116,4 +153,8 @@ def save(path: str, state: State) -> None:
 
 def same(a: State, b: State) -> bool:
     """Whether saving `b` over `a` would change nothing."""
-    return a.exists and (a.servers, a.applied, sorted(set(a.pending))) == (b.servers, b.applied, sorted(set(b.pending)))
+    return a.exists and _content(a) == _content(b)
+
+
+def _content(state: State) -> tuple[object, ...]:
+    return (state.servers, state.applied, sorted(set(state.pending)), state.failed, state.skipped)
