@@ -99,4 +99,7 @@ args+=(-config-file "$secrets")
 
 install -d -m 0700 /var/lib/serf
 
-exec /usr/bin/serf "${args[@]}"
+# The agent logs every RPC client at INFO ("agent.ipc: Accepted client"): a line for each
+# `serf members` of the healthcheck and of the load balancer's periodic reconcile. Only
+# those lines are dropped; serf itself stays this process, for supervisord's signals.
+exec /usr/bin/serf "${args[@]}" > >(exec grep --line-buffered -v -F '[INFO] agent.ipc: Accepted client')

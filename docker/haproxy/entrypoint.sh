@@ -1,7 +1,8 @@
 #!/bin/bash
 # Load-balancer entrypoint: install the handler config, render a valid haproxy.cfg for
 # the current state (an empty backend on a fresh container), then hand over to
-# supervisord, which runs haproxy, the serf agent and the one-shot reconcile.
+# supervisord, which runs haproxy, the serf agent, the one-shot reconcile at start and
+# the periodic one (LB_RECONCILE_INTERVAL).
 #
 #   LB_PORT               port HAProxy listens on (default 80)
 #   SERF_HANDLERS_CONFIG  handler config (default /etc/serf-handlers/config.yml, which

@@ -1,19 +1,15 @@
 #!/bin/bash
-# One-shot (supervisord program serf-reconcile): wait until the local agent answers
-# and has joined, then rebuild the HAProxy servers from `serf members`.
+# One-shot (supervisord program serf-reconcile): wait until the local agent and
+# HAProxy's admin socket answer and the agent has joined, then rebuild the HAProxy
+# servers from `serf members`.
 #   SERF_RECONCILE_WAIT  seconds to wait for peers before reconciling anyway (default 20)
 set -uo pipefail
 
 wait_max=${SERF_RECONCILE_WAIT:-20}
 [[ $wait_max =~ ^[0-9]+$ ]] || wait_max=20
-deadline=$((SECONDS + 60))
-until serf members >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)); then
-        echo "serf-reconcile: the serf agent did not answer within 60 s" >&2
-        exit 1
-    fi
-    sleep 0.5
-done
+# shellcheck source=lb-wait.sh
+. /usr/local/share/serf-handlers/lb-wait.sh
+lb_wait_until_up 60 || exit 1
 
 # Joining a cluster (SERF_JOIN, or a rejoin from the snapshot) takes a moment; a
 # reconcile before it would see only this node. A lone load balancer reconciles anyway.

@@ -39,6 +39,20 @@ LB_IMAGE = "serf-handlers/haproxy"
 WEB_IMAGE = "serf-handlers/nginx"
 SUFFIX = secrets.token_hex(4)
 NODE_RE = re.compile(r'<span id="node">([^<]*)</span>')
+# The load balancer's periodic `serf-handle reconcile`, shortened for the test.
+RECONCILE_INTERVAL = 5
+# One command to HAProxy's admin socket inside the load balancer (the image has no socat).
+ADMIN_COMMAND = (
+    "import socket, sys\n"
+    "s = socket.socket(socket.AF_UNIX)\n"
+    "s.settimeout(5)\n"
+    "s.connect('/run/haproxy/admin.sock')\n"
+    "s.sendall(sys.argv[1].encode() + b'\\n')\n"
+    "out = b''\n"
+    "while chunk := s.recv(65536):\n"
+    "    out += chunk\n"
+    "sys.stdout.write(out.decode())\n"
+)
 
 
 def run(*argv: str, timeout: float = 60, check: bool = True, **kwargs: Any) -> subprocess.CompletedProcess[str]:
@@ -177,6 +191,7 @@ class Cluster:
             "-e", "SERF_JOIN=web",
             "-e", f"SERF_ENCRYPT_KEY={self.encrypt_key}",
             "-e", f"SERF_RPC_AUTH={self.rpc_auth}",
+            "-e", f"LB_RECONCILE_INTERVAL={RECONCILE_INTERVAL}",
             LB_IMAGE,
         )  # fmt: skip
 
@@ -199,6 +214,17 @@ class Cluster:
     def members(self, container: str) -> dict[str, str]:
         out = run("docker", "exec", container, "serf", "members", "-format", "json").stdout
         return {m["name"]: m["status"] for m in json.loads(out)["members"] or []}
+
+    def admin(self, command: str) -> str:
+        return run("docker", "exec", self.lb, "python3", "-c", ADMIN_COMMAND, command).stdout
+
+    def admin_states(self) -> dict[str, int]:
+        """Server name -> srv_admin_state of backend `web`, live from HAProxy."""
+        lines = self.admin("show servers state web").splitlines()
+        header = next(line[2:].split() for line in lines if line.startswith("# "))
+        name, admin = header.index("srv_name"), header.index("srv_admin_state")
+        rows = [line.split() for line in lines[1:] if line and not line.startswith("#")]
+        return {row[name]: int(row[admin]) for row in rows}
 
     def logs(self) -> str:
         parts = []
@@ -373,3 +399,31 @@ def test_a_restarted_load_balancer_serves_every_live_web_node(cluster: Cluster) 
     print(f"every live web node in rotation {time.monotonic() - restarted:.1f} s after the restart")
     members = cluster.members(cluster.lb)
     assert {name for name, status in members.items() if status == "alive"} >= cluster.live_webs()
+
+
+def test_an_idle_periodic_reconcile_logs_nothing(cluster: Cluster) -> None:
+    wait_for_rotation(cluster, cluster.live_webs(), timeout=30)
+    time.sleep(RECONCILE_INTERVAL)  # the (re)start's own lines
+    since = time.time()
+    time.sleep(2.5 * RECONCILE_INTERVAL)  # two rounds or more
+    result = run("docker", "logs", "--since", f"{since:.3f}", cluster.lb)
+    # Neither the loop, nor a reconcile with nothing to do, nor the agent's RPC log.
+    assert (result.stdout + result.stderr).splitlines() == []
+
+
+def test_the_periodic_reconcile_repairs_a_server_drained_behind_its_back(cluster: Cluster) -> None:
+    victim = sorted(cluster.live_webs())[0]
+    assert cluster.admin_states().get(victim) == 0, cluster.admin_states()
+    cluster.admin(f"set server web/{victim} state drain")
+    drained = time.monotonic()
+    assert cluster.admin_states()[victim] != 0
+    try:
+        wait_for(
+            f"a reconcile to undrain {victim}",
+            lambda: cluster.admin_states()[victim] == 0,
+            timeout=3 * RECONCILE_INTERVAL,
+        )
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {cluster.admin_states()}\n{cluster.logs()}") from None
+    print(f"{victim} back in service {time.monotonic() - drained:.1f} s after the drain")
+    wait_for_rotation(cluster, cluster.live_webs(), timeout=10)
