@@ -4,9 +4,9 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the demo, the tests and the benchmarks run for real.
-APT_PACKAGES := serf haproxy nginx supervisor wrk hyperfine ruby socat docker.io debootstrap bc
+APT_PACKAGES := serf haproxy nginx supervisor wrk hyperfine ruby socat docker.io debootstrap bc chromium
 
-.PHONY: all deps venv test unit demo bench bench-docker clean
+.PHONY: all deps venv test unit demo bench bench-docker screenshot clean
 
 all: test
 
@@ -38,6 +38,11 @@ demo: deps venv
 
 bench: deps venv
 	$(PY) -m bench
+
+# docs/stats.png (shown in the README): HAProxy's stats page of a real load balancer on
+# loopback, three web nodes, one stopped, taken by headless Chromium.
+screenshot: deps venv
+	$(PY) -m support.stats docs/stats.png
 
 bench-docker: deps
 	bench/assets/docker_images.sh

@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from types import SimpleNamespace
 
-from . import __version__, _cache, _log
+from . import __version__, _cache, _log, _metrics
 from ._typing import TYPE_CHECKING
 from .config import Config, build_dispatcher, find_config, load_config
 from .dispatch import EXIT_BAD_INPUT, EXIT_HANDLER_FAILED, EXIT_OK, Dispatcher, Drift
@@ -22,9 +23,11 @@ if TYPE_CHECKING:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    started = time.perf_counter()
     argv = sys.argv[1:] if argv is None else list(argv)
     args = _event_args(argv) or _parser().parse_args(argv, namespace=SimpleNamespace())
     env = os.environ
+    config = None
     try:
         config = load_config(*find_config(args.config, env), cache_dir=_cache.cache_dir(env))
         quiet_query = args.command is None and env.get("SERF_EVENT") == "query"
@@ -36,11 +39,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         dispatcher = build_dispatcher(config)
         command: Callable[[SimpleNamespace, Config, Dispatcher, Mapping[str, str]], int]
         command = _COMMANDS[args.command or "handle"]
-        return command(args, config, dispatcher, env)
+        code = command(args, config, dispatcher, env)
     except ConfigError as exc:
-        return _fail(str(exc), EXIT_BAD_INPUT, args.debug)
+        code = _fail(str(exc), EXIT_BAD_INPUT, args.debug)
     except SerfHandlersError as exc:
-        return _fail(str(exc), EXIT_HANDLER_FAILED, args.debug)
+        code = _fail(str(exc), EXIT_HANDLER_FAILED, args.debug)
+    command_name = args.command or "handle"
+    if config is not None and config.metrics and (command_name in _RECORDED or getattr(args, "write", False)):
+        _write_metrics(config, command_name, code, time.perf_counter() - started)
+    return code
+
+
+# The commands that change something (and `render --write`), so whose runs the metrics file records.
+_RECORDED = ("handle", "reconcile")
+
+
+def _write_metrics(config: Config, command: str, code: int, seconds: float) -> None:
+    """Add this run to the metrics file. A failure is logged (never to a query's stderr,
+    which is its reply) and changes no exit code: the event itself was handled."""
+    assert config.metrics is not None
+    handlers = [spec.type + f" ({spec.where})" for spec in config.handlers]
+    _metrics.run_finished(command, code, seconds, time.time(), handlers)
+    try:
+        _metrics.flush(config.metrics)
+    except OSError as exc:
+        _log.error(f"metrics: cannot write {config.metrics}: {exc}")
 
 
 def _handle(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
@@ -90,6 +113,13 @@ def _status(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: 
     return EXIT_HANDLER_FAILED if drift else EXIT_OK
 
 
+def _print_metrics(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
+    if not config.metrics:
+        raise ConfigError(f"{config.source}: metrics: not set (add `metrics: PATH` to write the handler's metrics)")
+    sys.stdout.write(_metrics.text(config.metrics))
+    return EXIT_OK
+
+
 def _render(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
     renderers = [renderer for r in dispatcher.registrations if (renderer := r.capabilities.renderer)]
     if not renderers:
@@ -99,7 +129,8 @@ def _render(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: 
     return EXIT_OK
 
 
-_COMMANDS = {"handle": _handle, "check": _check, "reconcile": _reconcile, "status": _status, "render": _render}
+_COMMANDS = {"handle": _handle, "check": _check, "reconcile": _reconcile, "status": _status, "render": _render,
+             "metrics": _print_metrics}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -129,6 +160,7 @@ def _parser() -> argparse.ArgumentParser:
         "reconcile": "rebuild handler state from `serf members` (alive members only)",
         "status": "print the current backends and servers",
         "render": "print the config for the current state",
+        "metrics": "print the handler's own metrics (the `metrics:` file, Prometheus text format)",
     }
     for name, help in commands.items():
         command = sub.add_parser(name, help=help, description=help)

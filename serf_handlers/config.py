@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 DEFAULT_PATH = "/etc/serf-handlers/config.yml"
 _LOG_KEYS = {"level", "format", "file"}
-_TOP_KEYS = {"log", "handlers"}
+_TOP_KEYS = {"log", "handlers", "metrics"}
 _DEFAULT_HANDLERS: tuple[Mapping[str, object], ...] = ({"type": "log"},)
 
 
@@ -42,6 +42,7 @@ class Config(NamedTuple):
     log_format: str = "text"
     log_file: str | None = None
     handlers: tuple[HandlerSpec, ...] = ()
+    metrics: str | None = None  # the handler's own metrics file (Prometheus text, see _metrics.py)
 
 
 def find_config(cli_path: str | None, env: Mapping[str, str]) -> tuple[str, bool]:
@@ -88,7 +89,13 @@ def parse_config(data: object, source: str) -> Config:
     if not isinstance(entries, (list, tuple)):
         raise ConfigError(f"{source}: handlers: expected a list, got {_kind(entries)}")
     specs = tuple(_handler_spec(entry, source, f"handlers[{i}]") for i, entry in enumerate(entries))
-    return Config(source, level, fmt, file, specs)
+    metrics = mapping.get("metrics")
+    if metrics is not None:
+        metrics = _string(metrics, source, "metrics")
+        if not metrics.isprintable() or metrics.endswith("/"):
+            example = "/var/lib/prometheus/node-exporter/serf_handlers.prom"
+            raise ConfigError(f"{source}: metrics: expected a file path (e.g. {example}), got {metrics!r}")
+    return Config(source, level, fmt, file, specs, metrics)
 
 
 def build_dispatcher(config: Config) -> Dispatcher:

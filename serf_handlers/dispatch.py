@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 import sys
 
-from . import _log
+from . import _log, _metrics
 from ._typing import TYPE_CHECKING, NamedTuple
 from .errors import ConfigError, EventError, ReplyTooLargeError, SerfHandlersError
 from .events import MEMBER_EVENTS, MemberEvent, Query, parse_event
@@ -210,6 +210,7 @@ class Dispatcher:
             except Exception as exc:  # noqa: BLE001 - one broken handler must not stop the rest
                 why = _describe(exc)
                 _log.exception(f"handler {registration.name} failed: {why}", exc, handler=registration.name)
+                _metrics.inc(_metrics.P + "handler_failures_total", handler=registration.name)
                 failed.append((registration.name, why))
                 continue
             if isinstance(event, Query) and reply is not None:
@@ -252,6 +253,7 @@ class Dispatcher:
             except Exception as exc:  # noqa: BLE001 - same contract as dispatch
                 why = _describe(exc)
                 _log.exception(f"handler {registration.name} failed to reconcile: {why}", exc)
+                _metrics.inc(_metrics.P + "handler_failures_total", handler=registration.name)
                 failed.append((registration.name, why))
         return Outcome(tuple(failed), b"")
 
@@ -270,6 +272,7 @@ class Dispatcher:
         except EventError as exc:
             _log.error_line(str(exc))
             return EXIT_BAD_INPUT
+        _metrics.inc(_metrics.P + "events_total", type=event.type)
         if not isinstance(event, Query):
             outcome = self.dispatch(event)
         else:

@@ -123,6 +123,7 @@ class Site:
         self.bin = directory / "bin"
         self.log_settings: dict[str, Any] = dict(log or {})
         self.extra_env: dict[str, str] = {}  # for every run and for the serf agent
+        self.metrics: Path | None = None  # config.yml's top-level `metrics:` file, when set
         self.options: dict[str, Any] = {
             "config": str(self.config),
             "state": str(self.state),
@@ -147,7 +148,9 @@ class Site:
         if log is not None:
             self.log_settings = dict(log)
         self.options.update(changes)
-        data = {"log": self.log_settings, "handlers": self.handler_entries()}
+        data: dict[str, Any] = {"log": self.log_settings, "handlers": self.handler_entries()}
+        if self.metrics is not None:
+            data["metrics"] = str(self.metrics)
         self.yml.write_text(json.dumps(data, indent=1, default=str) + "\n")  # default: Path values
 
     def handler_entries(self) -> list[dict[str, Any]]:

@@ -43,7 +43,7 @@ def write(tmp_path: Path, text: str) -> str:
     ("text", "message"),
     [
         pytest.param("- a\n- b\n", "the top level: expected a mapping, got list", id="not a mapping"),
-        pytest.param("logs: {}\n", "logs: unknown key (expected one of handlers, log)", id="unknown top key"),
+        pytest.param("logs: {}\n", "logs: unknown key (expected one of handlers, log, metrics)", id="unknown top key"),
         pytest.param("log: {colour: red}\n", "log.colour: unknown key", id="unknown log key"),
         pytest.param("log: {level: loud}\n", "log.level: expected one of debug, info, warning, error", id="level"),
         pytest.param("log: {format: xml}\n", "log.format: expected one of text, json", id="format"),

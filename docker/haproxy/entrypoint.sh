@@ -5,6 +5,9 @@
 # the periodic one (LB_RECONCILE_INTERVAL).
 #
 #   LB_PORT               port HAProxy listens on (default 80)
+#   LB_STATS_PORT         port of HAProxy's stats page (/stats) and Prometheus metrics
+#                         (/metrics, /metrics/serf-handlers); default 8404, "off": none
+#   LB_STATS_AUTH         optional "user:password" for those (basic auth)
 #   SERF_HANDLERS_CONFIG  handler config (default /etc/serf-handlers/config.yml, which
 #                         this script writes; point it elsewhere to use your own file)
 # The SERF_* variables are read by /usr/local/bin/serf-agent.
@@ -22,10 +25,28 @@ LB_PORT=${LB_PORT:-80}
     die "LB_PORT must be a TCP port number, got '$LB_PORT'"
 port=$((10#$LB_PORT))
 
+# The stats frontend's template variables (`vars.stats_*`), or nothing with LB_STATS_PORT=off.
+LB_STATS_PORT=${LB_STATS_PORT:-8404}
+stats_vars=""
+if [[ $LB_STATS_PORT != off ]]; then
+    [[ $LB_STATS_PORT =~ ^[0-9]{1,5}$ ]] && ((10#$LB_STATS_PORT >= 1 && 10#$LB_STATS_PORT <= 65535)) ||
+        die "LB_STATS_PORT must be a TCP port number or off, got '$LB_STATS_PORT'"
+    stats_vars=", stats_bind: \"*:$((10#$LB_STATS_PORT))\", stats_lua: /usr/local/share/serf-handlers/metrics.lua"
+    stats_vars+=", stats_metrics_file: /var/lib/prometheus/node-exporter/serf_handlers.prom"
+    if [[ -n ${LB_STATS_AUTH:-} ]]; then
+        # Never echoed: the message names the rule, not the value.
+        [[ $LB_STATS_AUTH =~ ^[A-Za-z0-9_.-]+:[^[:space:]\"\'#\\$]+$ ]] ||
+            die "LB_STATS_AUTH must be user:password (password without spaces, quotes, '#', '\\' or '\$')"
+        stats_vars+=", stats_auth: \"$LB_STATS_AUTH\""
+    fi
+fi
+
 if [[ $config == "$default_config" ]]; then
     tmp=$(mktemp /etc/serf-handlers/.config.yml.XXXXXX)
-    sed "s/@LB_PORT@/$port/g" /usr/local/share/serf-handlers/config.yml.in >"$tmp"
-    chmod 0644 "$tmp"
+    text=$(sed "s/@LB_PORT@/$port/g" /usr/local/share/serf-handlers/config.yml.in)
+    shopt -u patsub_replacement 2>/dev/null || true  # bash 5.2: no '&' magic in the replacement
+    printf '%s\n' "${text//@LB_STATS_VARS@/$stats_vars}" >"$tmp"
+    chmod 0600 "$tmp"  # it may hold the stats password; only root reads it
     mv -f "$tmp" "$default_config"
 elif [[ ! -r $config ]]; then
     die "SERF_HANDLERS_CONFIG=$config: no such readable file"
@@ -35,6 +56,9 @@ fi
 # to user haproxy) and the handler's state, readable by root only.
 install -d -m 0755 /run/haproxy
 install -d -m 0750 /var/lib/serf-handlers
+# The handler's metrics file (`metrics:`): node_exporter's textfile directory in Debian,
+# readable by HAProxy's workers, which serve it at /metrics/serf-handlers.
+install -d -m 0755 /var/lib/prometheus/node-exporter
 
 if [[ $# -gt 0 ]]; then
     exec "$@"

@@ -26,7 +26,7 @@ global
     # Nothing here uses HAProxy's internal HTTP client (Lua, OCSP updates); without this it
     # loads the whole system CA store on every start, reload and `haproxy -c` (~4x slower).
     httpclient.ssl.verify none
-{identity}
+{lua}{identity}
 defaults
     mode http
     timeout connect 5s
@@ -57,6 +57,7 @@ def render(context: Mapping[str, object]) -> str:
             socket=context["socket"],
             server_state_file=context["server_state_file"],
             identity=identity,
+            lua=f"    lua-load {context['stats_lua']}\n" if _serves_metrics(context) else "",
             bind=context["bind"],
         )
     ]
@@ -64,9 +65,48 @@ def render(context: Mapping[str, object]) -> str:
         if name != default_backend:
             parts.append(f"    use_backend {name} if {{ req.hdr(host),field(1,:),lower -m str {name.lower()} }}\n")
     parts.append(f"    default_backend {default_backend}\n")
+    if context.get("stats_bind"):
+        parts.append(_stats(context))
     for name, members in backends.items():
         parts.append(f"\nbackend {name}\n")
         for s in members:
             disabled = " disabled" if s.maint else ""
             parts.append(f"    server {s.name} {s.address} {s.options}{disabled}\n")
     return "".join(parts)
+
+
+def _serves_metrics(context: Mapping[str, object]) -> bool:
+    return bool(context.get("stats_bind") and context.get("stats_metrics_file"))
+
+
+def _stats(context: Mapping[str, object]) -> str:
+    """The `frontend stats` section (and its userlist), when `stats_bind` is set."""
+    parts = []
+    auth = context.get("stats_auth")
+    if auth:
+        user, _, password = str(auth).partition(":")
+        parts.append(f"\nuserlist serf_handlers_stats\n    user {user} insecure-password {password}\n")
+    parts.append(_STATS_HEAD.format(bind=context["stats_bind"]))
+    if auth:
+        parts.append("    http-request auth realm stats unless { http_auth(serf_handlers_stats) }\n")
+    if _serves_metrics(context):
+        parts.append(
+            f"    http-request set-var(txn.serf_handlers_metrics) str({context['stats_metrics_file']})\n"
+            "    http-request use-service lua.serf_handlers_metrics if { path /metrics/serf-handlers }\n"
+        )
+    parts.append(_STATS_TAIL)
+    return "".join(parts)
+
+
+_STATS_HEAD = """
+frontend stats
+    # HAProxy's stats page (/stats) and Prometheus metrics (/metrics): keep this address private.
+    bind {bind}
+"""
+_STATS_TAIL = """\
+    http-request use-service prometheus-exporter if { path /metrics }
+    http-request redirect location /stats if { path / }
+    stats enable
+    stats uri /stats
+    stats refresh 10s
+"""

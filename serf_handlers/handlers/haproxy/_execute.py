@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import os
 
-from ... import _log
+from ... import _log, _metrics
 from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
 from . import _state
@@ -64,6 +64,7 @@ def converge(old: State, new: State, options: Options, full: bool = False) -> li
         from ._runtime import Runtime
 
         runtime = Runtime(options.socket)
+    _metrics.inc(_metrics.P + "haproxy_skipped_members_total", _metrics.newly_skipped(old.skipped, new.skipped))
     try:
         _converge(old, new, options, full, runtime)
     except ValidationError as exc:
@@ -71,8 +72,12 @@ def converge(old: State, new: State, options: Options, full: bool = False) -> li
         if not culprits:
             raise
         _log.error(f"haproxy: skipping {len(culprits)} member(s) HAProxy rejects; applying the others: {exc}")
+        _metrics.inc(_metrics.P + "haproxy_skipped_members_total", len(culprits))
         _converge(old, _without(old, new, culprits), options, full, runtime)
         return list(culprits.items())
+    finally:
+        if runtime is not None:  # every command sent, the `show servers state` reads included
+            _metrics.inc(_metrics.P + "haproxy_runtime_commands_total", runtime.client.sent)
     return []
 
 
@@ -118,6 +123,7 @@ def execute(plan: Plan, old: State, options: Options, runtime: Runtime | None = 
     if reason is not None:
         pending = _reload(runtime, plan, old, options, reason)
     _log_changes(plan.before, plan.done.servers)
+    _metrics.haproxy_servers(plan.done.servers.values(), len(plan.done.skipped), options.backend)
     _save(options, old, plan.done._replace(pending=pending))
 
 
@@ -156,8 +162,10 @@ def _reload(runtime: Runtime | None, plan: Plan, old: State, options: Options, r
     try:
         reload(options.reload)
     except HandlerError:
+        _metrics.inc(_metrics.P + "haproxy_reload_failures_total")
         _save_after_failure(options, old, plan.rollback)
         raise
+    _metrics.inc(_metrics.P + "haproxy_reloads_total")
     _log.info("haproxy: reloaded", reason=reason)
     return ()
 

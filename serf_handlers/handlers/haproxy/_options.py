@@ -107,7 +107,34 @@ def _vars(vars: object) -> dict[str, Any]:
             raise ConfigError(f"vars.{key}: expected a non-empty word without spaces, quotes or '#'")
     if "bind" in vars and not _is_line(vars["bind"]):
         raise ConfigError("vars.bind: expected a non-empty, single-line string without '#' (e.g. '*:80')")
+    _stats_vars(vars)
     return dict(vars)
+
+
+def _stats_vars(vars: Mapping[str, Any]) -> None:
+    """The built-in template's stats frontend: `stats_bind`, `stats_auth`, `stats_lua`,
+    `stats_metrics_file`. The password is never put in a message."""
+    if "stats_bind" in vars and not _is_line(vars["stats_bind"]):
+        raise ConfigError("vars.stats_bind: expected a single-line address without '#' (e.g. 127.0.0.1:8404)")
+    auth = vars.get("stats_auth")
+    if auth is not None:
+        user, colon, password = auth.partition(":") if isinstance(auth, str) else ("", "", "")
+        if not (colon and _is_name(user) and _is_word(password) and "$" not in password):
+            raise ConfigError(
+                "vars.stats_auth: expected 'user:password' (user: letters, digits, _ . -; password: no spaces, "
+                "quotes, '#', '$' or backslashes); the value is not shown"
+            )
+    for key in ("stats_lua", "stats_metrics_file"):
+        if key in vars and not (isinstance(vars[key], str) and vars[key] and _is_name(vars[key].replace("/", ""))):
+            raise ConfigError(f"vars.{key}: expected a path of letters, digits, _ . - and /, got {vars[key]!r}")
+    if ("stats_lua" in vars) != ("stats_metrics_file" in vars):
+        raise ConfigError("vars.stats_lua, vars.stats_metrics_file: set both (the Lua file serves the metrics file)")
+    if any(key in vars for key in ("stats_auth", "stats_lua")) and "stats_bind" not in vars:
+        raise ConfigError("vars.stats_bind: needed by vars.stats_auth and vars.stats_lua (the stats frontend)")
+
+
+def _is_name(value: str) -> bool:
+    return bool(value) and all(c.isascii() and (c.isalnum() or c in "_.-") for c in value)
 
 
 def _argv(reload: object) -> tuple[str, ...]:
