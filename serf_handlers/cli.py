@@ -124,6 +124,14 @@ def _render(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: 
     renderers = [renderer for r in dispatcher.registrations if (renderer := r.capabilities.renderer)]
     if not renderers:
         raise ConfigError(f"{config.source}: no configured handler renders a config (configure a haproxy handler)")
+    if args.diff:
+        # Like diff(1): 0 equal, 1 different, 2 trouble; nothing is written.
+        try:
+            diffs = [renderer.render(diff=True) for renderer in renderers]
+        except SerfHandlersError as exc:
+            return _fail(str(exc), EXIT_BAD_INPUT, args.debug)
+        sys.stdout.write("".join(diffs))
+        return EXIT_HANDLER_FAILED if any(diffs) else EXIT_OK
     for renderer in renderers:
         sys.stdout.write(renderer.render(write=args.write))
     return EXIT_OK
@@ -169,8 +177,10 @@ def _parser() -> argparse.ArgumentParser:
             command.add_argument("--rpc-addr", help="Serf RPC address (default: $SERF_RPC_ADDR, else 127.0.0.1:7373)")
             command.add_argument("--rpc-auth", help="Serf RPC auth key (default: $SERF_RPC_AUTH)")
         if name == "render":
-            command.add_argument(
-                "--write", action="store_true", help="also install it (validated, atomically), no reload"
+            how = command.add_mutually_exclusive_group()
+            how.add_argument("--write", action="store_true", help="also install it (validated, atomically), no reload")
+            how.add_argument(
+                "--diff", action="store_true", help="only show how it differs from the installed config (exit 1 if so)"
             )
     return parser
 

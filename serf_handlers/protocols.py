@@ -64,9 +64,10 @@ class StatusReporter(Handler, Protocol):
 
 class ConfigRenderer(Handler, Protocol):
     """A handler that can render the config its state means (`serf-handle render`);
-    with `write`, it also installs it."""
+    with `write`, it also installs it; with `diff`, it returns only a unified diff from
+    the installed config ("" when they are equal) and writes nothing."""
 
-    def render(self, write: bool = False) -> str: ...
+    def render(self, write: bool = False, diff: bool = False) -> str: ...
 
 
 class DefaultEvents(Handler, Protocol):

@@ -16,7 +16,7 @@ import pytest
 
 from serf_handlers import _log, cli
 from serf_handlers.dispatch import reply_budget
-from serf_handlers.errors import HandlerError
+from serf_handlers.errors import ConfigError, HandlerError
 from serf_handlers.events import Member, MemberEvent, Node, Query
 from serf_handlers.handlers.haproxy import HAProxyHandler, _state
 from support.site import count_reload_argv as reload_argv
@@ -416,3 +416,97 @@ def test_config_role_reaches_the_handler_not_the_dispatcher(tmp_path: Path) -> N
     (registration,) = build_dispatcher(config).registrations
     assert registration.role == "api" and registration.takes_role  # it sees every member: notices role changes
     assert registration.handler.options.role == "api"  # type: ignore[attr-defined]
+
+
+# --- operating: the state tag, HTTP checks, render --diff, backup ----------------------
+
+
+@pytest.mark.parametrize(
+    ("state", "line_end"),
+    [
+        pytest.param(None, "weight 3 check inter 500ms fall 1 rise 1", id="no tag: ready"),
+        pytest.param("ready", "weight 3 check inter 500ms fall 1 rise 1", id="ready"),
+        # A config has no drain state: weight 0 takes no new connections either.
+        pytest.param("drain", "weight 0 check inter 500ms fall 1 rise 1", id="drain"),
+        pytest.param("maint", "weight 3 check inter 500ms fall 1 rise 1 disabled", id="maint"),
+    ],
+)
+def test_the_state_tag_is_rendered(env: Env, state: str | None, line_end: str) -> None:
+    tags = {"weight": "3", **({"state": state} if state else {})}
+    env.event("member-join", web("web1", 8081, tags=tags))
+    assert env.server_lines() == [f"server web1 127.0.0.1:8081 {line_end}"]
+    shown = {"drain": "drain (tag)", "maint": "maint (tag)"}.get(state or "", "ready")
+    assert shown in env.handler.status()
+
+
+def test_an_invalid_state_tag_skips_that_member_only(env: Env) -> None:
+    env.event("member-join", web("web1", 8081))
+    with pytest.raises(HandlerError, match=r"member 'web1': tag state='bogus' is not one of ready, drain, maint"):
+        env.event("member-update", web("web1", 8081, state="bogus"), web("web2", 8082))
+    assert set(env.servers()) == {"web1", "web2"}  # web1 keeps its last valid form
+
+
+def test_check_path_makes_every_backend_check_over_http(tmp_path: Path) -> None:
+    env = Env(tmp_path, check_path="/healthz")
+    env.event("member-join", web("web1", 8081), web("a1", 9000, backend="api"))
+    text = env.config.read_text()
+    assert text.count("    option httpchk GET /healthz\n") == 2  # web and api
+    from serf_handlers.handlers.haproxy._jinja import BUILTIN_TEMPLATE, render
+    from serf_handlers.handlers.haproxy._render import context
+
+    assert render(BUILTIN_TEMPLATE, context(env.handler.options, _state.load(str(env.state)).servers)) == text
+
+
+@pytest.mark.parametrize(
+    "value", [pytest.param("healthz", id="relative"), pytest.param("/a b", id="space"), pytest.param(3, id="number")]
+)
+def test_check_path_must_be_a_plain_path(tmp_path: Path, value: object) -> None:
+    with pytest.raises(ConfigError, match="check_path: expected a path"):
+        Env(tmp_path, check_path=value)
+
+
+def test_render_diff_shows_the_change_and_writes_nothing(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    config = write_config(tmp_path)
+    render = ["render", "--config", str(config), "--diff"]
+    assert run_cli(monkeypatch, tmp_path, ["render", "--config", str(config), "--write"], {}, b"") == 0
+    capsys.readouterr()
+    assert run_cli(monkeypatch, tmp_path, render, {}, b"") == 0  # equal
+    assert capsys.readouterr().out == ""
+    installed = (tmp_path / "haproxy.cfg").read_bytes()
+    # The state moves on (here: by hand, as a stale file would); the installed config does not.
+    state = _state.load(str(tmp_path / "state.json"))
+    from serf_handlers.handlers.haproxy._servers import from_member
+
+    server = from_member("web1", "127.0.0.1", {"port": "8081"}, 80, "web")
+    _state.save(str(tmp_path / "state.json"), state._replace(servers={"web1": server}))
+    assert run_cli(monkeypatch, tmp_path, render, {}, b"") == 1
+    out = capsys.readouterr().out
+    assert out.startswith(f"--- {tmp_path}/haproxy.cfg\n+++ ") and "\n+    server web1 127.0.0.1:8081 weight 1" in out
+    assert (tmp_path / "haproxy.cfg").read_bytes() == installed and not (tmp_path / "reloads").exists()
+    # Trouble is 2, as with diff(1).
+    (tmp_path / "state.json").write_text("{broken")
+    assert run_cli(monkeypatch, tmp_path, render, {}, b"") == 2
+
+
+def test_backup_keeps_the_previous_config(tmp_path: Path) -> None:
+    env = Env(tmp_path, backup=True)
+    env.event("member-join", web("web1", 8081))
+    first = env.config.read_bytes()
+    env.event("member-join", web("web2", 8082))
+    assert (tmp_path / "haproxy.cfg.bak").read_bytes() == first
+    assert (tmp_path / "haproxy.cfg.bak").stat().st_mode & 0o777 == env.config.stat().st_mode & 0o777
+    # A config HAProxy rejects is not installed, and the backup is not touched.
+    env2 = Env(tmp_path, backup=True, template=str(_bad_template(tmp_path)))
+    with pytest.raises(HandlerError, match="haproxy rejected"):
+        env2.event("member-join", web("web3", 8083))
+    assert (tmp_path / "haproxy.cfg.bak").read_bytes() == first
+
+
+def _bad_template(tmp_path: Path) -> Path:
+    from serf_handlers.handlers.haproxy._jinja import BUILTIN_TEMPLATE
+
+    bad = tmp_path / "bad.cfg.j2"
+    bad.write_text(Path(BUILTIN_TEMPLATE).read_text().replace("{{ server.options }}", "{{ server.options }} nonsense"))
+    return bad

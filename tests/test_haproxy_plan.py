@@ -320,7 +320,8 @@ def live(*items: Server, admin: dict[str, int] | None = None, port: dict[str, in
     ("haproxy", "expected"),
     [
         pytest.param(live(A, B), NO_CHANGE, id="in sync: nothing"),
-        pytest.param(live(A, B, admin={"b": 0x08}), NO_CHANGE._replace(ready=(B,)), id="left drained by a failed run"),
+        pytest.param(live(A, B, admin={"b": 0x08}), NO_CHANGE._replace(update=((B._replace(drain=True), B),)),
+                     id="left drained by a failed run"),
         pytest.param(live(A, B, admin={"b": 0x01}), NO_CHANGE._replace(update=((B._replace(maint=True), B),)),
                      id="put in maintenance behind our back"),
         pytest.param(live(A, B, port={"a": 9}), NO_CHANGE._replace(update=((A._replace(port=9), A),)),

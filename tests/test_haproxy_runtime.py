@@ -263,3 +263,30 @@ def test_filter_server_state_keeps_only_agreeing_lines() -> None:
     }
     kept = filter_server_state(text, servers).splitlines()
     assert kept == ["1", header, "3 web 1 ok 10.0.0.1 2 0 1 80", "3 web 5 keptmaint 10.0.0.5 2 1 1 80"]
+
+
+def test_the_state_tag_goes_through_the_runtime_api_without_a_reload(live: tuple[Env, FakeAdmin]) -> None:
+    env, admin = live
+    env.event("member-join", web("web1", 8081), web("web2", 8082))
+    admin.take()
+    for state, admin_bits in [("drain", "8"), ("maint", "1"), ("ready", "0")]:
+        env.event("member-update", web("web1", 8081, state=state))
+        assert admin.take() == [f"set server web/web1 state {state}"]
+        assert admin.servers["web/web1"]["admin"] == admin_bits
+    # A new member that arrives drained is added, then drained: it never takes traffic.
+    env.event("member-join", web("web3", 8083, state="drain"))
+    assert admin.take() == [f"add server web/web3 127.0.0.1:8083 weight 1 {ADD}", "enable health web/web3",
+                            "set server web/web3 state drain"]
+    assert env.reload_count() == 0
+
+
+def test_filter_server_state_keeps_a_drained_server_drained() -> None:
+    from serf_handlers.handlers.haproxy._servers import Server
+
+    header = "# be_id be_name srv_id srv_name srv_addr srv_op_state srv_admin_state srv_uweight srv_port"
+    text = f"1\n{header}\n3 web 1 d 10.0.0.1 2 8 5 80\n3 web 2 r 10.0.0.2 2 8 1 80\n"
+    servers = {
+        "d": Server("d", "d", "10.0.0.1", 80, 5, "web", {}, drain=True),  # its line has weight 5, not 0
+        "r": Server("r", "r", "10.0.0.2", 80, 1, "web", {}),  # drained by hand: not brought back
+    }
+    assert filter_server_state(text, servers).splitlines() == ["1", header, "3 web 1 d 10.0.0.1 2 8 5 80"]

@@ -67,8 +67,9 @@ def render(context: Mapping[str, object]) -> str:
     parts.append(f"    default_backend {default_backend}\n")
     if context.get("stats_bind"):
         parts.append(_stats(context))
+    check = f"    option httpchk GET {context['check_path']}\n" if context["check_path"] else ""
     for name, members in backends.items():
-        parts.append(f"\nbackend {name}\n")
+        parts.append(f"\nbackend {name}\n{check}")
         for s in members:
             disabled = " disabled" if s.maint else ""
             parts.append(f"    server {s.name} {s.address} {s.options}{disabled}\n")

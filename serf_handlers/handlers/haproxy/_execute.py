@@ -105,7 +105,7 @@ def execute(plan: Plan, old: State, options: Options, runtime: Runtime | None = 
         try:
             if plan.intent is not None:
                 _save(options, old, plan.intent)
-            install(options.config, plan.text, options.check, options.haproxy)
+            install(options.config, plan.text, options.check, options.haproxy, options.backup)
         except HandlerError:
             if runtime is not None:
                 runtime.undo_drains()
@@ -245,5 +245,5 @@ def _log_changes(before: Mapping[str, Server], after: Mapping[str, Server]) -> N
                 server=server.path,
                 address=server.address,
                 weight=server.weight,
-                maint=server.maint,
+                state=server.admin,
             )

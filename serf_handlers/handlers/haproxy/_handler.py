@@ -113,17 +113,26 @@ class HAProxyHandler:
         text, differs = table(state, self.options.backend, live)
         return Drift(text) if differs else text
 
-    def render(self, write: bool = False) -> str:
-        """The config for the current state; with `write`, also install it (no reload)."""
+    def render(self, write: bool = False, diff: bool = False) -> str:
+        """The config for the current state; with `write`, also install it (no reload);
+        with `diff`, only a unified diff from the installed config to it ("" when equal)."""
+        o = self.options
+        if diff:
+            import difflib
+
+            raw = read_bytes(o.config)
+            installed = [] if raw is None else raw.decode("utf-8", "replace").splitlines(keepends=True)
+            rendered = self._render(_state.load(o.state).servers).splitlines(keepends=True)
+            return "".join(difflib.unified_diff(installed, rendered, o.config, f"{o.config} (rendered from {o.state})"))
         if not write:
-            return self._render(_state.load(self.options.state).servers)
+            return self._render(_state.load(o.state).servers)
         from ._install import install
 
         with Lock(self._lock_path):
-            text = self._render(_state.load(self.options.state).servers)
-            if read_bytes(self.options.config) != text.encode("utf-8"):
-                install(self.options.config, text, self.options.check, self.options.haproxy)
-                _log.info("haproxy: config installed (no reload)", config=self.options.config)
+            text = self._render(_state.load(o.state).servers)
+            if read_bytes(o.config) != text.encode("utf-8"):
+                install(o.config, text, o.check, o.haproxy, o.backup)
+                _log.info("haproxy: config installed (no reload)", config=o.config)
         return text
 
     # --- one run ---------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import stat
 
 from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
-from ._files import write_atomic
+from ._files import read_bytes, write_atomic
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -29,8 +29,9 @@ class ValidationError(HandlerError):
     """HAProxy rejected a candidate config; the message carries HAProxy's own words."""
 
 
-def install(path: str, text: str, check: bool, haproxy: str) -> None:
-    """Replace the config at `path` with `text`, validated first when `check`."""
+def install(path: str, text: str, check: bool, haproxy: str, backup: bool = False) -> None:
+    """Replace the config at `path` with `text`, validated first when `check`; with
+    `backup`, the previous config is kept as `<path>.bak` (atomically, just before)."""
     owner = None
     try:
         st = os.stat(path)
@@ -38,8 +39,15 @@ def install(path: str, text: str, check: bool, haproxy: str) -> None:
     except FileNotFoundError:
         mode = _DEFAULT_MODE
     try:
-        checker = (lambda candidate: validate(haproxy, candidate)) if check else None
-        write_atomic(path, text.encode("utf-8"), mode, checker, owner)
+
+        def before_rename(candidate: str) -> None:
+            if check:
+                validate(haproxy, candidate)
+            previous = read_bytes(path) if backup else None
+            if previous is not None:
+                write_atomic(f"{path}.bak", previous, mode, None, owner)
+
+        write_atomic(path, text.encode("utf-8"), mode, before_rename if check or backup else None, owner)
     except OSError as exc:
         raise HandlerError(f"cannot write {path}: {exc.filename or path}: {exc.strerror or exc}") from None
 

@@ -17,7 +17,7 @@ DEFAULT_STATE = "/var/lib/serf-handlers/haproxy.json"
 DEFAULT_SOCKET = "/run/haproxy/admin.sock"
 ON_FAILED = ("remove", "maint")
 # Template variables the handler itself provides; `vars` may not shadow them.
-RESERVED_VARS = frozenset({"backends", "servers", "default_backend"})
+RESERVED_VARS = frozenset({"backends", "servers", "default_backend", "check_path"})
 
 
 class Options(NamedTuple):
@@ -35,6 +35,8 @@ class Options(NamedTuple):
     on_failed: str
     query: str
     min_alive: float  # member-failed never takes a backend below this fraction of its servers
+    check_path: str | None  # HTTP health checks of this path; None: TCP connects
+    backup: bool  # keep the previous config as <config>.bak
 
 
 def parse(
@@ -52,6 +54,8 @@ def parse(
     on_failed: object = "remove",
     query: object = "backends",
     min_alive: object = 0.5,
+    check_path: object = None,
+    backup: object = False,
 ) -> Options:
     if not isinstance(role, str) or not role:
         raise ConfigError(f"role: expected a non-empty string, got {role!r}")
@@ -68,8 +72,7 @@ def parse(
             raise ConfigError(f"template: {template}: no such file")
     vars = _vars({} if vars is None else vars)
     state = _path(state, "state")
-    if not isinstance(check, bool):
-        raise ConfigError(f"check: expected true or false, got {check!r}")
+    check = _flag(check, "check")
     haproxy = _path(haproxy, "haproxy")
     reload = None if reload is None else _argv(reload)
     if socket is not None:
@@ -84,8 +87,22 @@ def parse(
         raise ConfigError(f"query: expected a query name (no spaces or commas), got {query!r}")
     return Options(
         role, port, backend, config, template, vars, state, check, haproxy, reload, socket, on_failed, query,
-        _fraction(min_alive, "min_alive"),
+        _fraction(min_alive, "min_alive"), _check_path(check_path), _flag(backup, "backup"),
     )
+
+
+def _check_path(value: object) -> str | None:
+    if value is None:
+        return None
+    if not _is_word(value) or not value.startswith("/"):
+        raise ConfigError(f"check_path: expected a path such as /healthz (no spaces, quotes or '#'), got {value!r}")
+    return value
+
+
+def _flag(value: object, option: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{option}: expected true or false, got {value!r}")
+    return value
 
 
 def _fraction(value: object, option: str) -> float:

@@ -139,16 +139,21 @@ def contain_failures(wanted: Wanted, options: Options) -> Wanted:
         up = sum(1 for s in alive.values() if s.backend == backend)
         total = up + len(gone)
         if up == 0 or up < options.min_alive * total:
-            servers.update({node: s._replace(failed=True, maint=False) for node, s in gone.items()})
+            servers.update({node: _failed(s, maint=False) for node, s in gone.items()})
             notes.append(
                 f"keeping {len(gone)} failed member(s) in backend {backend}: only {up} of {total} "
                 f"servers alive (min_alive {options.min_alive:g}); health checks decide"
             )
         elif options.on_failed == "maint":
-            servers.update({node: s._replace(failed=True, maint=True) for node, s in gone.items()})
+            servers.update({node: _failed(s, maint=True) for node, s in gone.items()})
         else:
-            failed.update({node: s._replace(failed=True, maint=False) for node, s in gone.items()})
+            failed.update({node: _failed(s, maint=False) for node, s in gone.items()})
     return wanted._replace(servers=servers, failed=failed, notes=notes)
+
+
+def _failed(server: Server, maint: bool) -> Server:
+    # Its own `state=maint` tag still holds; only on_failed: maint adds maintenance.
+    return server._replace(failed=True, maint=maint or server.tags.get("state") == "maint")
 
 
 # --- the runtime-API change ------------------------------------------------------------
@@ -160,8 +165,7 @@ class RuntimeChange(NamedTuple):
     drain: tuple[Server, ...]  # `state drain`, one short wait for the whole run, `state maint`
     delete: tuple[Key, ...]  # `del server`; one that HAProxy refuses stays pending
     add: tuple[Server, ...]  # `add server` (in maintenance), `enable health`, then its state
-    update: tuple[tuple[Server, Server], ...]  # (before, after): address, weight, maintenance
-    ready: tuple[Server, ...] = ()  # drained in HAProxy although they should not be
+    update: tuple[tuple[Server, Server], ...]  # (before, after): address, weight, state
 
     def __bool__(self) -> bool:
         return any(self)
@@ -169,7 +173,7 @@ class RuntimeChange(NamedTuple):
     @property
     def repairs(self) -> bool:
         """Whether it changes anything beyond retrying deferred deletions."""
-        return any((self.drain, self.add, self.update, self.ready))
+        return any((self.drain, self.add, self.update))
 
 
 NO_CHANGE = RuntimeChange((), (), (), ())
@@ -184,9 +188,8 @@ def runtime_change(
     old: Mapping[str, Server],
     new: Mapping[str, Server],
     pending: Iterable[Key],
-    live: Mapping[Key, LiveServer] | None = None,
 ) -> RuntimeChange:
-    """From `old` (HAProxy's servers) to `new`; `live` adds what only HAProxy knows (drains)."""
+    """From `old` (HAProxy's servers, as `as_servers` reads them) to `new`."""
     gone = leaving(old, new)
     added = tuple(s for node, s in sorted(new.items()) if node not in old or old[node].key != s.key)
     kept = tuple((old[node], s) for node, s in sorted(new.items()) if node in old and old[node].key == s.key)
@@ -196,18 +199,8 @@ def runtime_change(
         drain=tuple(s for s in gone if not s.maint),
         delete=tuple(delete),
         add=added,
-        update=tuple((before, after) for before, after in kept if before != after._replace(tags=before.tags)),
-        ready=tuple(
-            after
-            for before, after in kept
-            if live is not None and not before.maint and not after.maint and _state_of(live, after) == "drain"
-        ),
+        update=tuple((before, after) for before, after in kept if before.live_view != after.live_view),
     )
-
-
-def _state_of(live: Mapping[Key, LiveServer], server: Server) -> str | None:
-    found = live.get(server.key)
-    return None if found is None else found.state
 
 
 def as_servers(live: Mapping[Key, LiveServer], old: State, wanted: Mapping[str, Server]) -> dict[str, Server]:
@@ -226,7 +219,7 @@ def as_servers(live: Mapping[Key, LiveServer], old: State, wanted: Mapping[str, 
             node = f"\0{row.backend}/{row.name}"  # no node name holds a NUL: not wanted, so removed
         actual[node] = record._replace(
             node=node, backend=row.backend, name=row.name, addr=row.addr, port=row.port, weight=row.weight,
-            maint=row.state == "maint",
+            maint=row.state == "maint", drain=row.state == "drain",
         )
     return actual
 
@@ -271,7 +264,7 @@ def make_plan(
         # The record says HAProxy has what we want: a repeated or irrelevant event ends here,
         # retrying deferred deletions, unless HAProxy itself says otherwise (drift, or what a
         # failed run left behind): then it is repaired like any change.
-        retry = NO_CHANGE if options.socket is None else runtime_change(actual or {}, wanted, pending, live)
+        retry = NO_CHANGE if options.socket is None else runtime_change(actual or {}, wanted, pending)
         if not retry.repairs:
             return Plan(None, retry, None, False, None, rollback, done._replace(pending=pending), wanted)
 
@@ -291,7 +284,7 @@ def make_plan(
     reason = _reload_reason(applied, wanted, installed, text, render, options)
     runtime = NO_CHANGE
     if options.socket is not None and reason is None and applied is not None:
-        runtime = runtime_change(applied if live is None else actual or {}, wanted, pending, live)
+        runtime = runtime_change(applied if live is None else actual or {}, wanted, pending)
     before = (applied if live is None else actual) or {}
     done = done._replace(pending=pending)
     return Plan(text if changed else None, runtime, reason, True, intent, rollback, done, before)

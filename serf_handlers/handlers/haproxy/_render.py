@@ -37,6 +37,7 @@ def context(options: Options, servers: Mapping[str, Server]) -> dict[str, object
     }
     values.update(options.vars)
     values.update(
+        check_path=options.check_path,
         backends=backends,
         servers=[s for group in backends.values() for s in group],
         default_backend=options.backend,

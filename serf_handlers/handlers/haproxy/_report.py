@@ -52,9 +52,10 @@ def _row(live: object, cells: tuple[str, ...], live_cell: str, node: str) -> tup
 
 
 def _state(server: Server) -> str:
+    """Its state and where that comes from: the member's `state` tag or the failure rule."""
     if server.failed:
         return "maint (failed)" if server.maint else "failed (kept)"
-    return "maint" if server.maint else "ready"
+    return "ready" if server.admin == "ready" else f"{server.admin} (tag)"
 
 
 def _live_cell(found: LiveServer | None, wrong: bool) -> str:
@@ -67,8 +68,8 @@ def _live_cell(found: LiveServer | None, wrong: bool) -> str:
 def _differing(state: State, live: Mapping[Key, LiveServer]) -> set[Key]:
     """The keys of the servers HAProxy has otherwise than the state says (missing, moved,
     re-weighted, drained, in or out of maintenance, or left behind)."""
-    change = runtime_change(as_servers(live, state, state.servers), state.servers, (), live)
-    return {s.key for s in (*change.drain, *change.add, *change.ready)} | {after.key for _, after in change.update}
+    change = runtime_change(as_servers(live, state, state.servers), state.servers, ())
+    return {s.key for s in (*change.drain, *change.add)} | {after.key for _, after in change.update}
 
 
 def summary(state: State, default_backend: str, budget: int) -> str:
@@ -92,5 +93,6 @@ def summary(state: State, default_backend: str, budget: int) -> str:
 
 
 def _word(server: Server) -> str:
-    extra = ("" if server.weight == 1 else f"(w={server.weight})") + ("(maint)" if server.maint else "")
+    extra = "" if server.weight == 1 else f"(w={server.weight})"
+    extra += "" if server.admin == "ready" else f"({server.admin})"
     return f"{server.name}={server.address}{extra}"

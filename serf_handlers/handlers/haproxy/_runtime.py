@@ -21,8 +21,8 @@ from ... import _log
 from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
 from ._files import read_bytes, write_atomic
-from ._live import parse, rows
-from ._servers import RUNTIME_OPTIONS
+from ._live import ADMIN_DRAIN, ADMIN_MAINT, parse, rows
+from ._servers import CHECK_OPTIONS, RUNTIME_OPTIONS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -143,7 +143,8 @@ class Runtime:
                 pending.append((backend, name))
 
         for server in change.add:
-            reply = api(f"add server {server.path} {server.address} {server.options} {RUNTIME_OPTIONS}")
+            options = f"weight {server.weight} {CHECK_OPTIONS} {RUNTIME_OPTIONS}"
+            reply = api(f"add server {server.path} {server.address} {options}")
             if reply.startswith("Already exists a server with the same name"):
                 # An earlier deletion was deferred: the server is still there, in maintenance.
                 _set_addr(api, server)
@@ -153,17 +154,15 @@ class Runtime:
             reply = api(f"enable health {server.path}")
             if reply:
                 _log.warning("haproxy: enable health refused", server=server.path, reply=reply)
-            _expect(api, f"set server {server.path} state {_state(server)}", _done)
+            _expect(api, f"set server {server.path} state {server.admin}", _done)
 
         for before, after in change.update:
             if (before.addr, before.port) != (after.addr, after.port):
                 _set_addr(api, after)
             if before.weight != after.weight:
                 _expect(api, f"set weight {after.path} {after.weight}", _done)
-            if before.maint != after.maint:
-                _expect(api, f"set server {after.path} state {_state(after)}", _done)
-        for server in change.ready:
-            _expect(api, f"set server {server.path} state ready", _done)
+            if before.admin != after.admin:
+                _expect(api, f"set server {after.path} state {after.admin}", _done)
         return tuple(pending)
 
     def save_server_state(self, path: str, servers: Mapping[str, Server]) -> None:
@@ -189,10 +188,6 @@ def save_server_state(path: str, servers: Mapping[str, Server], live: str | None
         write_atomic(path, filter_server_state(text, servers).encode("utf-8"), 0o644)
     except OSError as exc:
         _log.warning(f"haproxy: cannot write the server state file: {exc}", path=path)
-
-
-def _state(server: Server) -> str:
-    return "maint" if server.maint else "ready"
 
 
 def _set_addr(api: API, server: Server) -> None:
@@ -239,7 +234,14 @@ def filter_server_state(text: str, servers: Mapping[str, Server]) -> str:
             str(server.weight),
         ):
             continue
-        if not server.maint and row.get("srv_admin_state") != "0":
+        if server.admin != "maint" and server.admin != _admin_state(row.get("srv_admin_state", "")):
             continue
         out.append(line)
     return "\n".join(out) + "\n"
+
+
+def _admin_state(text: str) -> str | None:
+    if not text.isdigit():
+        return None
+    bits = int(text)
+    return "maint" if bits & ADMIN_MAINT else "drain" if bits & ADMIN_DRAIN else "ready"

@@ -31,6 +31,8 @@ CHECK_OPTIONS = "check inter 500ms fall 1 rise 1"
 # Servers added at runtime ignore `default-server`, and without both pool options every
 # request to them would open a new connection.
 RUNTIME_OPTIONS = "pool-max-conn -1 pool-purge-delay 5s"
+# A member's `state` tag, in HAProxy's own words (`set server ... state`).
+STATES = ("ready", "drain", "maint")
 
 
 class Rejected(ValueError):
@@ -47,8 +49,9 @@ class Server(NamedTuple):
     weight: int
     backend: str  # safe charset
     tags: Mapping[str, str]
-    maint: bool = False  # in maintenance (a failed member, with on_failed: maint)
+    maint: bool = False  # in maintenance: its `state=maint` tag, or failed with on_failed: maint
     failed: bool = False  # its member failed; served only while the partition rule keeps it
+    drain: bool = False  # its `state=drain` tag: no new connections, the open ones finish
 
     @property
     def address(self) -> str:
@@ -65,9 +68,21 @@ class Server(NamedTuple):
         return f"{self.backend}/{self.name}"
 
     @property
+    def admin(self) -> str:
+        """The administrative state HAProxy should give it, in `set server ... state` words."""
+        return "maint" if self.maint else "drain" if self.drain else "ready"
+
+    @property
+    def live_view(self) -> tuple[str, int, int, str]:
+        """What HAProxy's `show servers state` tells of it: address, port, weight, state."""
+        return (self.addr, self.port, self.weight, self.admin)
+
+    @property
     def options(self) -> str:
-        """What follows the address on its `server` line (and in `add server`)."""
-        return f"weight {self.weight} {CHECK_OPTIONS}"
+        """What follows the address on its `server` line. A config has no drain state, so a
+        draining server gets weight 0 there (no new connections either); HAProxy's own
+        drain state and weight come back from the server-state file at a reload."""
+        return f"weight {0 if self.admin == 'drain' else self.weight} {CHECK_OPTIONS}"
 
 
 def by_backend(servers: Mapping[str, Server], default_backend: str) -> dict[str, list[Server]]:
@@ -116,13 +131,18 @@ def from_member(name: str, addr: str, tags: Mapping[str, str], default_port: int
     where = f"member {name!r}"
     port = _int_tag(tags, "port", default_port, 1, 65535, where)
     weight = _int_tag(tags, "weight", DEFAULT_WEIGHT, 0, 256, where)
+    state = tags.get("state", "ready")
+    if state not in STATES:
+        raise Rejected(f"{where}: tag state={state!r} is not one of {', '.join(STATES)}")
     backend = tags.get("backend", default_backend)
     if not is_backend_name(backend):
         raise Rejected(
             f"{where}: tag backend={backend!r} is not a valid backend name "
             "(1-63 of A-Z a-z 0-9 _ . -, starting with a letter or digit)"
         )
-    return Server(name, server_name(name), _canonical_ip(addr, where), port, weight, backend, dict(tags))
+    address = _canonical_ip(addr, where)
+    maint, drain = state == "maint", state == "drain"
+    return Server(name, server_name(name), address, port, weight, backend, dict(tags), maint, False, drain)
 
 
 def _int_tag(tags: Mapping[str, str], key: str, default: int, low: int, high: int, where: str) -> int:
@@ -156,6 +176,7 @@ def to_json(server: Server) -> dict[str, Any]:
         "tags": dict(server.tags),
         "maint": server.maint,
         "failed": server.failed,
+        "drain": server.drain,
     }
 
 
@@ -165,7 +186,8 @@ def from_json(node: str, raw: object) -> Server:
     if not isinstance(raw, dict):
         raise Rejected(f"{where}: not an object")
     name, port, weight, backend = raw.get("name"), raw.get("port"), raw.get("weight"), raw.get("backend")
-    tags, maint, failed = raw.get("tags", {}), raw.get("maint", False), raw.get("failed", False)
+    tags = raw.get("tags", {})
+    maint, failed, drain = (raw.get(flag, False) for flag in ("maint", "failed", "drain"))
     if not is_token(name):
         raise Rejected(f"{where}: invalid server name {name!r}")
     if not _is_int(port, 1, 65535):
@@ -176,9 +198,10 @@ def from_json(node: str, raw: object) -> Server:
         raise Rejected(f"{where}: invalid backend {backend!r}")
     if not isinstance(tags, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in tags.items()):
         raise Rejected(f"{where}: tags are not a string mapping")
-    if not isinstance(maint, bool) or not isinstance(failed, bool):
-        raise Rejected(f"{where}: maint or failed is not a boolean")
-    return Server(node, name, _canonical_ip(raw.get("addr"), where), port, weight, backend, tags, maint, failed)
+    if not all(isinstance(flag, bool) for flag in (maint, failed, drain)):
+        raise Rejected(f"{where}: maint, failed or drain is not a boolean")
+    address = _canonical_ip(raw.get("addr"), where)
+    return Server(node, name, address, port, weight, backend, tags, maint, failed, drain)
 
 
 def _is_int(value: object, low: int, high: int) -> TypeGuard[int]:

@@ -81,8 +81,10 @@ def from_live(live: Mapping[Key, LiveServer]) -> State:
     servers = {}
     for row in live.values():
         if server_name(row.name) == row.name:
-            maint = row.state == "maint"
-            servers[row.name] = Server(row.name, row.name, row.addr, row.port, row.weight, row.backend, {}, maint)
+            maint, drain = row.state == "maint", row.state == "drain"
+            servers[row.name] = Server(
+                row.name, row.name, row.addr, row.port, row.weight, row.backend, {}, maint, False, drain
+            )
     return State(servers, dict(servers))
 
 
