@@ -62,7 +62,7 @@ def test_stats_frontend_both_renderers_and_haproxy_check(tmp_path: Path, extra: 
         ({"stats_bind": "127.0.0.1:1 # x"}, "vars.stats_bind"),
         ({"stats_bind": "a\nb"}, "vars.stats_bind"),
         (AUTH, "vars.stats_bind: needed"),
-        ({**STATS, "stats_lua": "/x.lua"}, "vars.stats_lua, vars.stats_metrics_file: set both"),
+        ({"stats_metrics_file": "/x.prom"}, "vars.stats_bind: needed"),
         ({**STATS, **LUA, "stats_metrics_file": "/a b.prom"}, "vars.stats_metrics_file"),
         ({**STATS, **LUA, "stats_metrics_file": "/a),x.prom"}, "vars.stats_metrics_file"),
     ],

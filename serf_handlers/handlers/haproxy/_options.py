@@ -129,8 +129,8 @@ def _vars(vars: object) -> dict[str, Any]:
 
 
 def _stats_vars(vars: Mapping[str, Any]) -> None:
-    """The built-in template's stats frontend: `stats_bind`, `stats_auth`, `stats_lua`,
-    `stats_metrics_file`. The password is never put in a message."""
+    """The built-in template's stats frontend: `stats_bind`, `stats_auth`, `stats_metrics_file`
+    (and `stats_lua`, by default the package's metrics.lua). The password is never put in a message."""
     if "stats_bind" in vars and not _is_line(vars["stats_bind"]):
         raise ConfigError("vars.stats_bind: expected a single-line address without '#' (e.g. 127.0.0.1:8404)")
     auth = vars.get("stats_auth")
@@ -144,10 +144,8 @@ def _stats_vars(vars: Mapping[str, Any]) -> None:
     for key in ("stats_lua", "stats_metrics_file"):
         if key in vars and not (isinstance(vars[key], str) and vars[key] and _is_name(vars[key].replace("/", ""))):
             raise ConfigError(f"vars.{key}: expected a path of letters, digits, _ . - and /, got {vars[key]!r}")
-    if ("stats_lua" in vars) != ("stats_metrics_file" in vars):
-        raise ConfigError("vars.stats_lua, vars.stats_metrics_file: set both (the Lua file serves the metrics file)")
-    if any(key in vars for key in ("stats_auth", "stats_lua")) and "stats_bind" not in vars:
-        raise ConfigError("vars.stats_bind: needed by vars.stats_auth and vars.stats_lua (the stats frontend)")
+    if any(key in vars for key in ("stats_auth", "stats_lua", "stats_metrics_file")) and "stats_bind" not in vars:
+        raise ConfigError("vars.stats_bind: needed by vars.stats_auth and vars.stats_metrics_file (the stats frontend)")
 
 
 def _is_name(value: str) -> bool:

@@ -13,6 +13,9 @@ from ..._typing import TYPE_CHECKING
 from ._options import DEFAULT_SOCKET
 from ._servers import by_backend
 
+# The Lua service that serves the handler's metrics file (see templates/metrics.lua).
+METRICS_LUA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "templates", "metrics.lua")
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
@@ -34,6 +37,7 @@ def context(options: Options, servers: Mapping[str, Server]) -> dict[str, object
         "server_state_file": f"{os.path.abspath(options.config)}.state",
         "user": "",  # workers drop root to this user and group when set
         "group": "",
+        "stats_lua": METRICS_LUA,  # serves `stats_metrics_file` next to the stats page
     }
     values.update(options.vars)
     values.update(
