@@ -1,13 +1,13 @@
 """`make bench`: measure what users feel, and regenerate BENCHMARKS.md from the figures.
 
-    python -m bench                 all four sections (about 4 minutes on 2 cores)
+    python -m bench                 all five sections (about 5 minutes on 2 cores)
     python -m bench --only 2        one section (or --only 1,3); the others are kept
     python -m bench --quick         fewer rounds, shorter runs; prints, writes nothing
 
-Run from the repository root (the measuring is in per_event, scale, churn and convergence,
-the Markdown in report.py).
+Run from the repository root (the measuring is in per_event, scale, churn, convergence and
+drain, the Markdown in report.py).
 
-Sections: 1 per-event cost, 2 scale, 3 churn under load, 4 convergence.
+Sections: 1 per-event cost, 2 scale, 3 churn under load, 4 convergence, 5 drain under load.
 It reports and never asserts a target: a missed target is a figure in the report. It
 fails (exit 1) only when the benchmark itself could not run (e.g. a check that a timed
 event really changed HAProxy did not hold). Every process it starts is stopped by PID.
@@ -27,7 +27,7 @@ from pathlib import Path
 
 from support.processes import require
 
-from . import churn, convergence, per_event, scale
+from . import churn, convergence, drain, per_event, scale
 from .procs import REPO, make_install, open_to_all, tempdir
 from .report import (
     DOC,
@@ -35,18 +35,19 @@ from .report import (
     environment,
     format_churn,
     format_convergence,
+    format_drain,
     format_per_event,
     format_scale,
     update_doc,
 )
 
-SECTIONS = ("1", "2", "3", "4")
+SECTIONS = ("1", "2", "3", "4", "5")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", default=None, metavar="N[,N]",
-                        help="run only these sections (1 per-event, 2 scale, 3 churn, 4 convergence)")
+                        help="run only these sections (1 per-event, 2 scale, 3 churn, 4 convergence, 5 drain)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run; prints, does not write BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="print the results, do not touch BENCHMARKS.md")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) for inspection")
@@ -75,6 +76,7 @@ def main(argv: list[str] | None = None) -> int:
             "3": lambda d: format_churn(churn.run(venv_bin, d, runs=1 if args.quick else churn.RUNS,
                                                   duration=8 if args.quick else churn.DURATION)),
             "4": lambda d: format_convergence(convergence.run(venv_bin, d, reps=2 if args.quick else convergence.REPS)),
+            "5": lambda d: format_drain(drain.run(venv_bin, d, rounds=1 if args.quick else drain.ROUNDS)),
         }
         for section in only:
             started = time.monotonic()

@@ -19,6 +19,7 @@ TITLES = {
     "2": "2. Scale: 100, 1,000 and 10,000 members in one event",
     "3": "3. Churn under load",
     "4": "4. Convergence",
+    "5": "5. Drain, maintenance and back under load",
 }
 
 
@@ -283,5 +284,39 @@ def format_convergence(r: dict[str, Any]) -> str:
         f"- The first request reached the new node {ms(-j['served']) if j['served'] < 0 else ms(j['served'])} ms "
         f"{'before' if j['served'] < 0 else 'after'} the handler finished (it still writes its state after "
         f"HAProxy has the server). Reloads during the run: {r['reloads']}.",
+    ]
+    return "\n".join(out) + "\n"
+
+
+# --- section 5 ---------------------------------------------------------------------------
+
+
+def format_drain(r: dict[str, Any]) -> str:
+    med, top, got = r["median"], r["max"], r["got"]
+    out = [
+        f"Runtime-API mode, {r['rounds']} rounds of `state=drain` → `state=maint` → tag deleted (ready) on "
+        f"web3's own agent, while {r['rate']:.0f} requests a second (each on a fresh connection) went through "
+        f"HAProxy to web1–web3. Each state was held {r['hold']:g} s.\n",
+        "| change on web3 | tag change → HAProxy's live state: median ms (max) | requests web3 answered while held, "
+        "per round |",
+        "|---|---:|---|",
+    ]
+    labels = {"drain": "`serf tags -set state=drain`", "maint": "`serf tags -set state=maint`",
+              "ready": "`serf tags -delete state` (ready and UP)"}
+    for state, label in labels.items():
+        out.append(f"| {label} | {ms(med[state])} ({ms(top[state])}) | {', '.join(str(n) for n in got[state])} |")
+    out_of_rotation = sum(got["drain"]) + sum(got["maint"])
+    failures = f": {r['failures']}" if r["failures"] else ""
+    out += [
+        "",
+        f"- Failed requests: **{r['failed']}** of {r['requests']:,} (target 0: {verdict(r['failed'] == 0)}){failures}.",
+        f"- Reloads: **{r['reloads']}** (target 0: {verdict(r['reloads'] == 0)}); runs that changed HAProxy "
+        f"through the runtime API: {r['runtime_changes']}; handler errors logged: {r['handler_errors']}.",
+        f"- Requests web3 answered while drained or in maintenance: {out_of_rotation} "
+        f"(target 0: {verdict(out_of_rotation == 0)}); once ready again it served in every round: "
+        f"{verdict(all(got['ready']))}. `serf-handle status` afterwards exited {r['status_exit']} "
+        "(0: HAProxy equals the state).",
+        "- Most of each change's time is Serf's own delivery of the `member-update` (its coalescing window, "
+        "about 1 s); section 4 times the handler's part of a change.",
     ]
     return "\n".join(out) + "\n"

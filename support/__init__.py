@@ -1,7 +1,8 @@
 """Real processes on loopback for the tests, the benchmarks and the demo (not installed).
 
-- `support.processes`: serf agents, nginx, HAProxy, started through a `Processes` group that
-  stops exactly the PIDs it started; `free_port`, `wait_until`, `get`.
+- `support.processes`: serf agents, nginx (its `/healthz` switched by `set_healthy`), HAProxy,
+  started through a `Processes` group that stops exactly the PIDs it started; `free_port`,
+  `wait_until`, `get`.
 - `support.admin`: HAProxy's admin socket (the package's own runtime API client) and the one
   `show servers state` parser (`server_rows`: every column; `live_servers`: the main ones).
 - `support.load`: a light, bounded request load through HAProxy that counts failed requests.

@@ -245,11 +245,13 @@ def start_nginx(
     worker_connections: int = 1024,
     keepalive_requests: int = 100000,
 ) -> subprocess.Popen[bytes]:
-    """nginx in the foreground on 127.0.0.1:port, answering every request with `body` (default: `name`)."""
+    """nginx in the foreground on 127.0.0.1:port, answering every request with `body` (default: `name`),
+    except `/healthz`: 200 `ok`, or 500 while `set_healthy(procs, port, False)` says so."""
     root = procs.workdir / f"nginx-{port}"  # not the name: nginx.conf paths are unquoted
     root.mkdir(exist_ok=True)
     conf = root / "nginx.conf"
     text = body if body is not None else name
+    (root / "health.conf").write_text(_HEALTH[True])
     conf.write_text(
         f"""daemon off;
 worker_processes 1;
@@ -267,6 +269,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         location / {{ default_type text/plain; return 200 "{text}\\n"; }}
+        location = /healthz {{ default_type text/plain; include {root}/health.conf; }}
     }}
 }}
 """
@@ -274,6 +277,41 @@ http {{
     proc = procs.start(f"nginx-{port}", ["nginx", "-p", str(root), "-c", str(conf)])
     wait_until(lambda: connects(port), timeout=10, what=f"nginx {name} on port {port}")
     return proc
+
+
+# What `/healthz` answers (nginx's workers run as nobody and cannot see into our
+# directories, so the switch is an included file that the master re-reads on SIGHUP).
+_HEALTH = {True: 'return 200 "ok\\n";\n', False: 'return 500 "unhealthy\\n";\n'}
+
+
+def set_healthy(procs: Processes, port: int | str, healthy: bool) -> None:
+    """Make the nginx `start_nginx` started on `port` answer `/healthz` with 200 (healthy) or
+    500 (its application reports a fault), every other path still 200; returns once it does.
+    A graceful nginx reload (SIGHUP to the master we started): no request is dropped."""
+    root = procs.workdir / f"nginx-{port}"
+    (root / "health.conf").write_text(_HEALTH[healthy])
+    master = next(p for p in procs.started if p.args[0] == "nginx" and str(root) in p.args)  # type: ignore[index,operator]
+    old_workers = _children(master.pid)
+    master.send_signal(signal.SIGHUP)
+    want = 200 if healthy else 500
+    # Until the old worker has gone, it may still accept a connection and answer the old way.
+    wait_until(lambda: not any(alive(pid) for pid in old_workers) and get(int(port), path="/healthz")[0] == want,
+               timeout=10, interval=0.02, what=f"nginx on port {port} answering /healthz with {want}")
+
+
+def _children(pid: int) -> list[int]:
+    """The PIDs whose parent is `pid`."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                if int(f.read().rsplit(") ", 1)[1].split()[1]) == pid:
+                    found.append(int(entry))
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
 
 
 def start_haproxy(procs: Processes, config: Path, pidfile: Path, name: str = "haproxy") -> subprocess.Popen[bytes]:
@@ -301,12 +339,12 @@ def connects(port: int) -> bool:
         return False
 
 
-def get(port: int, host: str | None = None, timeout: float = 3.0) -> tuple[int, str]:
-    """One request through a fresh connection: (status, body), or (0, '<error>')."""
+def get(port: int, host: str | None = None, timeout: float = 3.0, path: str = "/") -> tuple[int, str]:
+    """One request for `path` through a fresh connection: (status, body), or (0, '<error>')."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
         headers = {"Connection": "close", **({"Host": host} if host else {})}
-        conn.request("GET", "/", headers=headers)
+        conn.request("GET", path, headers=headers)
         response = conn.getresponse()
         return response.status, response.read().decode("utf-8", "replace").strip()
     except OSError as exc:
