@@ -9,6 +9,8 @@
 #   SERF_ROLE         the `role` tag                    (image default: lb or web)
 #   SERF_TAGS         more tags, k=v,k=v                (e.g. port=80,weight=10)
 #   SERF_JOIN         addresses to join, a,b:7946,...   (retried every SERF_RETRY_INTERVAL)
+#                     Unset: the address of a legacy Docker link named `serf`, if any
+#                     (`--link haproxy:serf`, the 2014 setup; links are deprecated)
 #   SERF_RETRY_INTERVAL  join retry interval            (default 5s)
 #   SERF_BIND         gossip bind address[:port]        (default 0.0.0.0:7946)
 #   SERF_ADVERTISE    address[:port] peers should use   (default: the bind/interface address)
@@ -63,8 +65,22 @@ if [[ -n ${SERF_TAGS:-} ]]; then
     done
 fi
 
-if [[ -n ${SERF_JOIN:-} ]]; then
-    IFS=, read -r -a joins <<<"$SERF_JOIN"
+join=${SERF_JOIN:-}
+# Compatibility with the 2014 commands (`docker run --link haproxy:serf ...`): on Docker's
+# default bridge, a link named `serf` sets SERF_PORT_7946_TCP_ADDR/_PORT. Only when
+# SERF_JOIN is unset; a user-defined network and SERF_JOIN are the way now.
+if [[ -z $join && -n ${SERF_PORT_7946_TCP_ADDR:-} ]]; then
+    link_addr=$SERF_PORT_7946_TCP_ADDR
+    link_port=${SERF_PORT_7946_TCP_PORT:-7946}
+    [[ $link_addr =~ ^[0-9A-Za-z.:-]+$ && $link_port =~ ^[0-9]{1,5}$ ]] ||
+        die "SERF_PORT_7946_TCP_ADDR/_PORT (a Docker link named serf) is not an address and port: '$link_addr' '$link_port'"
+    [[ $link_addr == *:* ]] && link_addr="[$link_addr]"  # an IPv6 address
+    join="$link_addr:$link_port"
+    echo "serf-agent: SERF_JOIN is unset: joining $join, the Docker link named serf (legacy links are deprecated; set SERF_JOIN)" >&2
+fi
+
+if [[ -n $join ]]; then
+    IFS=, read -r -a joins <<<"$join"
     for addr in "${joins[@]}"; do
         addr=$(trim "$addr")
         [[ -n $addr ]] && args+=(-retry-join "$addr")
