@@ -20,6 +20,7 @@ from .errors import ConfigError, SerfHandlersError
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Mapping, Sequence
+    from typing import Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -78,6 +79,43 @@ def _check(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: M
     for registration in dispatcher.registrations:
         role = f" role={registration.role}" if registration.role is not None else ""
         print(f"handler {registration.name}: events={','.join(registration.events)}{role}")
+    for name, options in _tls_handlers(dispatcher):
+        from .handlers.haproxy._certs import check
+
+        try:
+            certs = check(options.vars["tls_certs"], options.vars.get("tls_default_cert"))
+        except SerfHandlersError as exc:
+            raise type(exc)(f"{name}: {exc}") from None
+        first = min(certs, key=lambda c: c.not_after)
+        print(f"handler {name}: tls: {len(certs)} certificate(s) in {options.vars['tls_certs']}, "
+              f"the first to expire: {first.path}, {time.strftime('%Y-%m-%d', time.gmtime(first.not_after))}")
+    return EXIT_OK
+
+
+def _tls_handlers(dispatcher: Dispatcher) -> list[tuple[str, Any]]:
+    """(name, options) of the haproxy handlers that terminate TLS (`vars.tls_certs`)."""
+    from .handlers.haproxy import HAProxyHandler
+
+    return [
+        (r.name, r.handler.options)
+        for r in dispatcher.registrations
+        if isinstance(r.handler, HAProxyHandler) and r.handler.options.vars.get("tls_certs")
+    ]
+
+
+def _certs(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
+    handlers = _tls_handlers(dispatcher)
+    if not handlers:
+        raise ConfigError(f"{config.source}: no haproxy handler terminates TLS (set vars.tls_bind and vars.tls_certs)")
+    from .handlers.haproxy._certs import refresh
+
+    for name, options in handlers:
+        try:
+            lines = refresh(options)
+        except SerfHandlersError as exc:
+            raise type(exc)(f"{name}: {exc}") from None
+        for line in lines:
+            print(f"{name}: {line}")
     return EXIT_OK
 
 
@@ -138,7 +176,7 @@ def _render(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: 
 
 
 _COMMANDS = {"handle": _handle, "check": _check, "reconcile": _reconcile, "status": _status, "render": _render,
-             "metrics": _print_metrics}
+             "metrics": _print_metrics, "certs": _certs}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -169,6 +207,7 @@ def _parser() -> argparse.ArgumentParser:
         "status": "print the current backends and servers",
         "render": "print the config for the current state",
         "metrics": "print the handler's own metrics (the `metrics:` file, Prometheus text format)",
+        "certs": "check the TLS certificates (vars.tls_certs) and make HAProxy serve the files as they are now",
     }
     for name, help in commands.items():
         command = sub.add_parser(name, help=help, description=help)

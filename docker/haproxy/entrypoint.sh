@@ -8,6 +8,8 @@
 #   LB_STATS_PORT         port of HAProxy's stats page (/stats) and Prometheus metrics
 #                         (/metrics, /metrics/serf-handlers); default 8404, "off": none
 #   LB_STATS_AUTH         optional "user:password" for those (basic auth)
+#   LB_TLS_CERTS          a mounted directory of PEM files: HTTPS on LB_HTTPS_PORT (443);
+#                         LB_HTTPS_REDIRECT=true redirects plain HTTP there
 #   SERF_HANDLERS_CONFIG  handler config (default /etc/serf-handlers/config.yml, which
 #                         this script writes; point it elsewhere to use your own file)
 # The SERF_* variables are read by /usr/local/bin/serf-agent.
@@ -39,6 +41,25 @@ if [[ $LB_STATS_PORT != off ]]; then
             die "LB_STATS_AUTH must be user:password (password without spaces, quotes, '#', '\\' or '\$')"
         stats_vars+=", stats_auth: \"$LB_STATS_AUTH\""
     fi
+fi
+
+# TLS termination (`vars.tls_*`): LB_TLS_CERTS, a mounted directory of PEM files (each a
+# certificate chain and its key); HTTPS on LB_HTTPS_PORT (default 443); LB_HTTPS_REDIRECT
+# (true, or the public HTTPS port when it is published elsewhere) redirects plain HTTP.
+if [[ -n ${LB_TLS_CERTS:-} ]]; then
+    [[ $LB_TLS_CERTS =~ ^/[A-Za-z0-9_./-]+$ && -d $LB_TLS_CERTS ]] ||
+        die "LB_TLS_CERTS must be a mounted directory (an absolute path), got '$LB_TLS_CERTS'"
+    https=${LB_HTTPS_PORT:-443}
+    [[ $https =~ ^[0-9]{1,5}$ ]] && ((10#$https >= 1 && 10#$https <= 65535)) ||
+        die "LB_HTTPS_PORT must be a TCP port number, got '$https'"
+    stats_vars+=", tls_bind: \"*:$((10#$https))\", tls_certs: $LB_TLS_CERTS"
+    case ${LB_HTTPS_REDIRECT:-false} in
+        true | yes | 1) stats_vars+=", https_redirect: true" ;;
+        false | no | 0) ;;
+        *) [[ $LB_HTTPS_REDIRECT =~ ^[0-9]{1,5}$ ]] && ((10#$LB_HTTPS_REDIRECT <= 65535)) ||
+               die "LB_HTTPS_REDIRECT must be true, false or a port number, got '$LB_HTTPS_REDIRECT'"
+           stats_vars+=", https_redirect: $((10#$LB_HTTPS_REDIRECT))" ;;
+    esac
 fi
 
 if [[ $config == "$default_config" ]]; then

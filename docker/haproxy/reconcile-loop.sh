@@ -38,4 +38,6 @@ while :; do
     wait "$sleeper"
     sleeper=
     serf-handle reconcile --config "$config" </dev/null
+    # Renewed certificates (a file replaced in LB_TLS_CERTS) go live through the runtime API.
+    [[ -z ${LB_TLS_CERTS:-} ]] || serf-handle certs --config "$config" </dev/null >/dev/null
 done

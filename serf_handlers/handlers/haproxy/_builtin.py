@@ -26,7 +26,7 @@ global
     # Nothing here uses HAProxy's internal HTTP client (Lua, OCSP updates); without this it
     # loads the whole system CA store on every start, reload and `haproxy -c` (~4x slower).
     httpclient.ssl.verify none
-{lua}{identity}
+{tls_global}{lua}{identity}
 defaults
     mode http
     timeout connect 5s
@@ -45,7 +45,7 @@ defaults
 
 frontend http
     bind {bind}
-"""
+{tls_frontend}"""
 
 
 def render(context: Mapping[str, object]) -> str:
@@ -59,6 +59,8 @@ def render(context: Mapping[str, object]) -> str:
             identity=identity,
             lua=f"    lua-load {context['stats_lua']}\n" if _serves_metrics(context) else "",
             bind=context["bind"],
+            tls_global=_TLS_GLOBAL if context.get("tls_bind") else "",
+            tls_frontend=_tls_frontend(context) if context.get("tls_bind") else "",
         )
     ]
     for name in backends:
@@ -74,6 +76,42 @@ def render(context: Mapping[str, object]) -> str:
             disabled = " disabled" if s.maint else ""
             parts.append(f"    server {s.name} {s.address} {s.options}{disabled}\n")
     return "".join(parts)
+
+
+def _tls_frontend(context: Mapping[str, object]) -> str:
+    """The HTTPS bind and the forwarding headers, when `tls_bind` is set (vars validated in _options)."""
+    certs = context["tls_certs"]
+    default = f"crt {certs}/{context['tls_default_cert']} " if context.get("tls_default_cert") else ""
+    parts = [f"    bind {context['tls_bind']} ssl {default}crt {certs} alpn h2,http/1.1\n"]
+    redirect = context.get("https_redirect")
+    if redirect:
+        port = "" if redirect == 443 else f":{redirect}"
+        parts.append(
+            f"    http-request redirect location https://%[req.hdr(host),regsub(:[0-9]+$,)]{port}%[capture.req.uri]"
+            " code 301 unless { ssl_fc }\n"
+        )
+    parts.append(_TLS_HEADERS)
+    if context.get("hsts"):
+        hsts = f'"max-age={context["hsts"]}"'
+        parts.append(f"    http-response set-header Strict-Transport-Security {hsts} if {{ ssl_fc }}\n")
+    return "".join(parts)
+
+
+_TLS_GLOBAL = """\
+    # TLS (vars.tls_bind): Mozilla's "intermediate" configuration: TLS 1.2 and 1.3 only.
+    ssl-default-bind-ciphers ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-ECDSA-AES256-GCM-SHA384:\
+ECDHE-RSA-AES256-GCM-SHA384:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:DHE-RSA-AES128-GCM-SHA256:\
+DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305
+    ssl-default-bind-ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256
+    ssl-default-bind-options prefer-client-ciphers ssl-min-ver TLSv1.2 no-tls-tickets
+"""
+_TLS_HEADERS = """\
+    # The client's address and scheme to the web nodes; whatever a client sent itself is replaced.
+    http-request del-header X-Forwarded-For
+    option forwardfor
+    http-request set-header X-Forwarded-Proto https if { ssl_fc }
+    http-request set-header X-Forwarded-Proto http if !{ ssl_fc }
+"""
 
 
 def _serves_metrics(context: Mapping[str, object]) -> bool:

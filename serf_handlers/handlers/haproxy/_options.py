@@ -16,6 +16,7 @@ DEFAULT_CONFIG = "/etc/haproxy/haproxy.cfg"
 DEFAULT_STATE = "/var/lib/serf-handlers/haproxy.json"
 DEFAULT_SOCKET = "/run/haproxy/admin.sock"
 ON_FAILED = ("remove", "maint")
+HSTS_MAX_AGE = 63072000  # `vars.hsts: true`: two years, as Mozilla's generator sets it
 # Template variables the handler itself provides; `vars` may not shadow them.
 RESERVED_VARS = frozenset({"backends", "servers", "default_backend", "check_path"})
 
@@ -125,7 +126,7 @@ def _vars(vars: object) -> dict[str, Any]:
     if "bind" in vars and not _is_line(vars["bind"]):
         raise ConfigError("vars.bind: expected a non-empty, single-line string without '#' (e.g. '*:80')")
     _stats_vars(vars)
-    return dict(vars)
+    return _tls_vars(dict(vars))
 
 
 def _stats_vars(vars: Mapping[str, Any]) -> None:
@@ -146,6 +147,47 @@ def _stats_vars(vars: Mapping[str, Any]) -> None:
             raise ConfigError(f"vars.{key}: expected a path of letters, digits, _ . - and /, got {vars[key]!r}")
     if any(key in vars for key in ("stats_auth", "stats_lua", "stats_metrics_file")) and "stats_bind" not in vars:
         raise ConfigError("vars.stats_bind: needed by vars.stats_auth and vars.stats_metrics_file (the stats frontend)")
+
+
+def _tls_vars(vars: dict[str, Any]) -> dict[str, Any]:
+    """The built-in template's TLS termination: `tls_bind`, `tls_certs`, `tls_default_cert`,
+    `https_redirect`, `hsts`. Returns `vars` with `tls_certs` without a trailing '/' (HAProxy
+    names a directory's certificates `<dir>/<file>`, the names `serf-handle certs` uses),
+    `https_redirect` as the port to redirect to, and `hsts` as a max-age in seconds."""
+    if ("tls_bind" in vars) != ("tls_certs" in vars):
+        raise ConfigError("vars.tls_bind, vars.tls_certs: set both (the HTTPS address and the certificate directory)")
+    if "tls_bind" not in vars:
+        for key in ("tls_default_cert", "https_redirect", "hsts"):
+            if key in vars:
+                raise ConfigError(f"vars.{key}: needs vars.tls_bind and vars.tls_certs (TLS termination)")
+        return vars
+    bind = vars["tls_bind"]
+    ports = [part.rpartition(":")[2] for part in bind.split(",")] if _is_word(bind) else []
+    if not ports or not all(p.isdigit() and 1 <= int(p) <= 65535 for p in ports):
+        raise ConfigError(f"vars.tls_bind: expected an address with a port, such as '*:443', got {bind!r}")
+    certs = vars["tls_certs"]
+    if not (isinstance(certs, str) and certs.startswith("/") and _is_name(certs.replace("/", "") or "/")):
+        raise ConfigError(f"vars.tls_certs: expected an absolute directory path of letters, digits, _ . - and /, "
+                          f"got {certs!r}")
+    vars["tls_certs"] = certs.rstrip("/") or "/"
+    default = vars.get("tls_default_cert")
+    if default is not None and not (isinstance(default, str) and _is_name(default) and default not in (".", "..")):
+        raise ConfigError(f"vars.tls_default_cert: expected a file name in vars.tls_certs, got {default!r}")
+    redirect = vars.get("https_redirect", False)
+    if redirect is True:
+        vars["https_redirect"] = int(ports[0])
+    elif not (redirect is False or _is_port(redirect)):
+        raise ConfigError(f"vars.https_redirect: expected true, false or the public HTTPS port, got {redirect!r}")
+    hsts = vars.get("hsts", False)
+    if hsts is True:
+        vars["hsts"] = HSTS_MAX_AGE
+    elif not (hsts is False or (isinstance(hsts, int) and not isinstance(hsts, bool) and hsts > 0)):
+        raise ConfigError(f"vars.hsts: expected true, false or a max-age in seconds, got {hsts!r}")
+    return vars
+
+
+def _is_port(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 65535
 
 
 def _is_name(value: str) -> bool:

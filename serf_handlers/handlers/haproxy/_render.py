@@ -50,7 +50,12 @@ def context(options: Options, servers: Mapping[str, Server]) -> dict[str, object
 
 
 def render(options: Options, servers: Mapping[str, Server]) -> str:
-    """The whole haproxy.cfg for `servers`; raises a HandlerError naming a broken template."""
+    """The whole haproxy.cfg for `servers`; raises a HandlerError naming a broken template, or
+    (with `vars.tls_certs`) a certificate file HAProxy must not get: the config then stays as it is."""
+    if options.vars.get("tls_certs"):
+        from ._certs import check
+
+        check(options.vars["tls_certs"], options.vars.get("tls_default_cert"))
     if options.template is None:
         from . import _builtin
 
