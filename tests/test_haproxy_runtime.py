@@ -37,6 +37,7 @@ class FakeAdmin:
     def __init__(self, path: str, backends: tuple[str, ...] = ("web",)) -> None:
         self.path = path
         self.commands: list[str] = []
+        self.connections = 0
         self.backends = set(backends)
         self.static: set[str] = set()  # backends with a non-dynamic balance algorithm
         self.busy: set[str] = set()  # servers whose deletion is refused (connections open)
@@ -60,11 +61,24 @@ class FakeAdmin:
                 conn, _ = self._sock.accept()
             except TimeoutError:
                 continue
+            self.connections += 1
             with conn:
                 data = b""
                 while chunk := conn.recv(4096):
                     data += chunk
-                conn.sendall(self.answer(data.decode().strip()).encode())
+                conn.sendall(self.session(data.decode()).encode())
+
+    def session(self, text: str) -> str:
+        """One command, or HAProxy's interactive mode: "prompt", commands, "quit"."""
+        lines = text.split("\n")
+        if lines[0] != "prompt":
+            return self.answer(text.strip())
+        out = "\n> "
+        for line in lines[1:]:
+            if line == "quit":
+                break
+            out += self.answer(line) + "\n> "
+        return out
 
     def answer(self, command: str) -> str:
         self.commands.append(command)
@@ -119,6 +133,7 @@ class FakeAdmin:
 
     def take(self) -> list[str]:
         """The commands that changed something since the last take (reads left out)."""
+        self.connections = 0
         commands, self.commands = self.commands, []
         return [c for c in commands if c != "show servers state"]
 
@@ -140,14 +155,17 @@ ADD = "check inter 500ms fall 1 rise 1 pool-max-conn -1 pool-purge-delay 5s"
 def test_runtime_add_and_remove_without_reload(live: tuple[Env, FakeAdmin]) -> None:
     env, admin = live
     env.event("member-join", web("web1", 8081), web("web2", 8082, addr="::1", weight="4"))
+    connections = admin.connections
+    # Every server is added (in maintenance) before any is enabled: one batch per step.
     assert admin.take() == [
         f"add server web/web1 127.0.0.1:8081 weight 1 {ADD}",
+        f"add server web/web2 [::1]:8082 weight 4 {ADD}",
         "enable health web/web1",
         "set server web/web1 state ready",
-        f"add server web/web2 [::1]:8082 weight 4 {ADD}",
         "enable health web/web2",
         "set server web/web2 state ready",
     ]
+    assert connections == 4  # read HAProxy's servers, add them, enable them, read again for the state file
     assert len(env.server_lines()) == 2  # the config is rewritten so a later reload keeps them
     env.event("member-leave", web("web1", 8081))
     assert admin.take() == ["set server web/web1 state drain", "set server web/web1 state maint", "del server web/web1"]

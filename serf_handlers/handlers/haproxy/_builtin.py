@@ -74,7 +74,7 @@ def render(context: Mapping[str, object]) -> str:
         parts.append(f"\nbackend {name}\n{check}")
         for s in members:
             disabled = " disabled" if s.maint else ""
-            parts.append(f"    server {s.name} {s.address} {s.options}{disabled}\n")
+            parts.append(f"    server {s.name} {s.address} {s.options} {context['check_options']}{disabled}\n")
     return "".join(parts)
 
 

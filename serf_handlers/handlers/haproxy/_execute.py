@@ -44,7 +44,7 @@ from . import _state
 from ._files import read_bytes, write_atomic
 from ._install import ValidationError
 from ._plan import fingerprint, make_plan
-from ._render import render, server_state_file
+from ._render import health_checks, render, server_state_file
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -115,11 +115,11 @@ def execute(plan: Plan, old: State, options: Options, runtime: Runtime | None = 
     pending = plan.done.pending
     reason = plan.reload
     if runtime is not None and plan.runtime:
+        runtime.check_options = health_checks(options, plan.done.servers)
         pending, reason = _runtime_change(runtime, plan, reason)
-        if reason is None and runtime.client.sent and runtime.text is not None:
-            from ._runtime import save_server_state
-
-            save_server_state(server_state_file(options), plan.done.servers, runtime.text)
+        if reason is None and runtime.client.sent:
+            # Read again: what HAProxy has now is what a later reload or restart must keep.
+            runtime.save_server_state(server_state_file(options), plan.done.servers)
     if reason is not None:
         pending = _reload(runtime, plan, old, options, reason)
     _log_changes(plan.before, plan.done.servers)

@@ -51,8 +51,12 @@ class HAProxyHandler:
                                        # of its servers (a partition): failed ones beyond it stay
                                        # served, and HAProxy's health checks decide
             query: backends            # the query that answers with this load balancer's view
+            check_path: null           # e.g. /healthz: HTTP health checks (2xx/3xx) instead of TCP
+            check_inter: null          # ms between checks; null: 500 up to 500 servers, longer above
+            backup: false              # keep the previous config as <config>.bak
 
-    A member's `weight` tag (0-256) is honoured. Requests whose Host header equals a
+    A member's `weight` tag (0-256) and `state` tag (ready, drain, maint) are honoured.
+    Requests whose Host header equals a
     backend's name go to that backend; all others go to `backend`.
     """
 

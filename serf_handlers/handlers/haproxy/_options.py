@@ -18,7 +18,7 @@ DEFAULT_SOCKET = "/run/haproxy/admin.sock"
 ON_FAILED = ("remove", "maint")
 HSTS_MAX_AGE = 63072000  # `vars.hsts: true`: two years, as Mozilla's generator sets it
 # Template variables the handler itself provides; `vars` may not shadow them.
-RESERVED_VARS = frozenset({"backends", "servers", "default_backend", "check_path"})
+RESERVED_VARS = frozenset({"backends", "servers", "default_backend", "check_path", "check_options"})
 
 
 class Options(NamedTuple):
@@ -37,6 +37,7 @@ class Options(NamedTuple):
     query: str
     min_alive: float  # member-failed never takes a backend below this fraction of its servers
     check_path: str | None  # HTTP health checks of this path; None: TCP connects
+    check_inter: int | None  # ms between health checks; None: by the number of servers
     backup: bool  # keep the previous config as <config>.bak
 
 
@@ -56,6 +57,7 @@ def parse(
     query: object = "backends",
     min_alive: object = 0.5,
     check_path: object = None,
+    check_inter: object = None,
     backup: object = False,
 ) -> Options:
     if not isinstance(role, str) or not role:
@@ -88,7 +90,7 @@ def parse(
         raise ConfigError(f"query: expected a query name (no spaces or commas), got {query!r}")
     return Options(
         role, port, backend, config, template, vars, state, check, haproxy, reload, socket, on_failed, query,
-        _fraction(min_alive, "min_alive"), _check_path(check_path), _flag(backup, "backup"),
+        _fraction(min_alive, "min_alive"), _check_path(check_path), _check_inter(check_inter), _flag(backup, "backup"),
     )
 
 
@@ -97,6 +99,14 @@ def _check_path(value: object) -> str | None:
         return None
     if not _is_word(value) or not value.startswith("/"):
         raise ConfigError(f"check_path: expected a path such as /healthz (no spaces, quotes or '#'), got {value!r}")
+    return value
+
+
+def _check_inter(value: object) -> int | None:
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool) or not 100 <= value <= 60000:
+        raise ConfigError(f"check_inter: expected milliseconds from 100 to 60000 (or null: by size), got {value!r}")
     return value
 
 

@@ -11,7 +11,7 @@ import os
 
 from ..._typing import TYPE_CHECKING
 from ._options import DEFAULT_SOCKET
-from ._servers import by_backend
+from ._servers import by_backend, check_interval, check_options
 
 # The Lua service that serves the handler's metrics file (see templates/metrics.lua).
 METRICS_LUA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "templates", "metrics.lua")
@@ -42,11 +42,17 @@ def context(options: Options, servers: Mapping[str, Server]) -> dict[str, object
     values.update(options.vars)
     values.update(
         check_path=options.check_path,
+        check_options=health_checks(options, servers),
         backends=backends,
         servers=[s for group in backends.values() for s in group],
         default_backend=options.backend,
     )
     return values
+
+
+def health_checks(options: Options, servers: Mapping[str, Server]) -> str:
+    """The health-check options of every server line (and runtime `add server`)."""
+    return check_options(options.check_inter or check_interval(len(servers)))
 
 
 def render(options: Options, servers: Mapping[str, Server]) -> str:

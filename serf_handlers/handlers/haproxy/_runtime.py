@@ -8,7 +8,8 @@ membership changes go through it whenever it can express them:
   server`. A refused delete (connections still open) is kept pending and retried later;
 - move or re-weight: `set server ... addr IP port P`, `set weight`.
 
-One connection per command: send, half-close, read to EOF, all under a timeout.
+Each step of a change is one batch on one connection (HAProxy's interactive mode), so a
+change of thousands of servers costs milliseconds, not thousands of connections.
 Commands carry only validated names, addresses and integers; the client still refuses
 anything that could split a command, as a last line of defence.
 """
@@ -22,16 +23,14 @@ from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
 from ._files import read_bytes, write_atomic
 from ._live import ADMIN_DRAIN, ADMIN_MAINT, parse, rows
-from ._servers import CHECK_OPTIONS, RUNTIME_OPTIONS
+from ._servers import RUNTIME_OPTIONS, check_options
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterable, Mapping
+    from collections.abc import Callable, Mapping, Sequence
 
     from ._live import LiveServer
     from ._plan import Key, RuntimeChange
     from ._servers import Server
-
-    API = Callable[[str], str]
 
 TIMEOUT = 2.0  # seconds per command; HAProxy answers in well under a millisecond
 DRAIN_SECONDS = 0.1  # drain before maint, or `del server` is refused under keep-alive load
@@ -46,7 +45,10 @@ class Unexpressible(Exception):
 
 
 class Client:
-    """Sends one command per connection to the admin socket at `path`."""
+    """Commands to the admin socket at `path`: one per connection, or a batch on one
+    connection in HAProxy's interactive mode (`prompt`), where each reply ends at the next
+    prompt. The timeout is for each wait on the socket, so a long batch that HAProxy keeps
+    answering is not cut short, and a silent HAProxy still is."""
 
     def __init__(self, path: str, timeout: float = TIMEOUT) -> None:
         self.path = path
@@ -54,16 +56,30 @@ class Client:
         self.sent = 0
 
     def __call__(self, command: str) -> str:
+        reply = self._exchange(_checked(command) + "\n").strip()
+        self.sent += 1
+        return reply
+
+    def batch(self, commands: Sequence[str]) -> list[str]:
+        """One reply per command, in order."""
+        if len(commands) <= 1:
+            return [self(command) for command in commands]
+        text = self._exchange("prompt\n" + "".join(_checked(c) + "\n" for c in commands) + "quit\n")
+        replies = text.split(PROMPT)  # "\n> " opens the session and follows every reply
+        if replies[0] != "" or len(replies) != len(commands) + 2:
+            raise Unavailable(f"admin socket {self.path}: {len(replies) - 2} replies to {len(commands)} commands")
+        self.sent += len(commands)
+        return [reply.strip() for reply in replies[1:-1]]
+
+    def _exchange(self, data: str) -> str:
         import socket
 
-        if any(c in command for c in "\n\r;\0"):
-            raise ValueError(f"refusing a runtime API command that could split: {command!r}")
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.settimeout(self.timeout)
         chunks: list[bytes] = []
         try:
             sock.connect(self.path)
-            sock.sendall(command.encode("ascii") + b"\n")
+            sock.sendall(data.encode("ascii"))
             sock.shutdown(socket.SHUT_WR)
             while chunk := sock.recv(65536):
                 chunks.append(chunk)
@@ -71,8 +87,16 @@ class Client:
             raise Unavailable(f"admin socket {self.path}: {exc.strerror or exc or type(exc).__name__}") from None
         finally:
             sock.close()
-        self.sent += 1
-        return b"".join(chunks).decode("utf-8", "replace").strip()
+        return b"".join(chunks).decode("utf-8", "replace")
+
+
+PROMPT = "\n> "
+
+
+def _checked(command: str) -> str:
+    if any(c in command for c in "\n\r;\0"):
+        raise ValueError(f"refusing a runtime API command that could split: {command!r}")
+    return command
 
 
 class Runtime:
@@ -84,86 +108,96 @@ class Runtime:
         self.drain_seconds = drain_seconds
         self.drained: set[Key] = set()
         self.drained_at = 0.0  # time.monotonic() of the last drain
-        self.text: str | None = None  # the last `show servers state`
+        self.check_options = check_options(500)  # for added servers: as on their config line
 
     def live(self) -> dict[Key, LiveServer] | None:
         """HAProxy's servers now; None when the socket does not answer (then the state
-        file's record stands in). The text is kept for the next server-state save."""
+        file's record stands in)."""
         try:
-            self.text = self.client("show servers state")
+            text = self.client("show servers state")
         except Unavailable as exc:
             _log.warning(f"haproxy: cannot read HAProxy's servers: {exc}")
             return None
-        return parse(self.text)
+        return parse(text)
 
-    def drain_early(self, servers: Iterable[Server]) -> None:
+    def drain_early(self, servers: Sequence[Server]) -> None:
         """Start draining servers about to go before the slow part of a run (`haproxy -c`),
         so the drain time overlaps it. Best effort: `apply` redoes whatever did not work."""
-        for server in servers:
-            try:
-                if _done_or_gone(self.client(f"set server {server.path} state drain")):
-                    self.drained.add(server.key)
-                    self.drained_at = time.monotonic()
-            except Unavailable:
-                return
+        try:
+            replies = self.client.batch([f"set server {s.path} state drain" for s in servers])
+        except Unavailable:
+            return
+        self.drained.update(s.key for s, reply in zip(servers, replies, strict=True) if _done_or_gone(reply))
+        self.drained_at = time.monotonic()
 
     def undo_drains(self) -> None:
         """After a failed run: put the servers drained early back (best effort; the next
         run compares HAProxy's live state with the record and repairs what is left)."""
-        for backend, name in sorted(self.drained):
-            try:
-                self.client(f"set server {backend}/{name} state ready")
-            except Unavailable:
-                return
+        keys = sorted(self.drained)
+        try:
+            self.client.batch([f"set server {backend}/{name} state ready" for backend, name in keys])
+        except Unavailable:
+            return
         self.drained.clear()
 
     def apply(self, change: RuntimeChange) -> tuple[Key, ...]:
-        """Send `change`; return the deletions HAProxy refused (still pending).
-
-        Raises Unexpressible when HAProxy refuses a change, Unavailable when it does not answer.
-        """
-        api = self.client
-        for server in change.drain:
-            if server.key not in self.drained:
-                _expect(api, f"set server {server.path} state drain", _done_or_gone)
-                self.drained.add(server.key)
-                self.drained_at = time.monotonic()
+        """Send `change`, each step as one batch; return the deletions HAProxy refused
+        (still pending). Raises Unexpressible when HAProxy refuses a change, Unavailable
+        when it does not answer."""
+        late = [s for s in change.drain if s.key not in self.drained]
+        self._expect([f"set server {s.path} state drain" for s in late], _done_or_gone)
+        if late:
+            self.drained.update(s.key for s in late)
+            self.drained_at = time.monotonic()
         if change.drain:
             # Once per run, whatever the number of servers; time since an early drain counts.
             time.sleep(max(0.0, self.drained_at + self.drain_seconds - time.monotonic()))
-        for server in change.drain:
-            _expect(api, f"set server {server.path} state maint", _done_or_gone)
-
-        pending = []
-        for backend, name in change.delete:
-            reply = api(f"del server {backend}/{name}")
-            if reply not in ("Server deleted.", "No such server.", "No such backend."):
-                # Not a failure: it is in maintenance, gone from the config, and retried later.
-                _log.info("haproxy: server deletion deferred", server=f"{backend}/{name}", reply=reply)
-                pending.append((backend, name))
-
-        for server in change.add:
-            options = f"weight {server.weight} {CHECK_OPTIONS} {RUNTIME_OPTIONS}"
-            reply = api(f"add server {server.path} {server.address} {options}")
-            if reply.startswith("Already exists a server with the same name"):
-                # An earlier deletion was deferred: the server is still there, in maintenance.
-                _set_addr(api, server)
-                _expect(api, f"set weight {server.path} {server.weight}", _done)
-            elif reply != "New server registered.":
-                raise Unexpressible(f"add server {server.path}: {reply}")
-            reply = api(f"enable health {server.path}")
-            if reply:
-                _log.warning("haproxy: enable health refused", server=server.path, reply=reply)
-            _expect(api, f"set server {server.path} state {server.admin}", _done)
-
+        self._expect([f"set server {s.path} state maint" for s in change.drain], _done_or_gone)
+        pending = self._delete(change.delete)
+        self._add(change.add)
+        commands: list[tuple[str, Callable[[str], bool]]] = []
         for before, after in change.update:
             if (before.addr, before.port) != (after.addr, after.port):
-                _set_addr(api, after)
+                commands.append((f"set server {after.path} addr {after.addr} port {after.port}", _addr_set))
             if before.weight != after.weight:
-                _expect(api, f"set weight {after.path} {after.weight}", _done)
+                commands.append((f"set weight {after.path} {after.weight}", _done))
             if before.admin != after.admin:
-                _expect(api, f"set server {after.path} state {after.admin}", _done)
+                commands.append((f"set server {after.path} state {after.admin}", _done))
+        for (command, ok), reply in zip(commands, self.client.batch([c for c, _ in commands]), strict=True):
+            _check(command, reply, ok)
+        return pending
+
+    def _delete(self, keys: Sequence[Key]) -> tuple[Key, ...]:
+        pending = []
+        for key, reply in zip(keys, self.client.batch([f"del server {b}/{n}" for b, n in keys]), strict=True):
+            if reply not in ("Server deleted.", "No such server.", "No such backend."):
+                # Not a failure: it is in maintenance, gone from the config, and retried later.
+                _log.info("haproxy: server deletion deferred", server="/".join(key), reply=reply)
+                pending.append(key)
         return tuple(pending)
+
+    def _add(self, servers: Sequence[Server]) -> None:
+        options = f"{self.check_options} {RUNTIME_OPTIONS}"
+        adds = [f"add server {s.path} {s.address} weight {s.weight} {options}" for s in servers]
+        then: list[tuple[str, Callable[[str], bool]]] = []
+        for server, reply in zip(servers, self.client.batch(adds), strict=True):
+            if reply.startswith("Already exists a server with the same name"):
+                # An earlier deletion was deferred: the server is still there, in maintenance.
+                then.append((f"set server {server.path} addr {server.addr} port {server.port}", _addr_set))
+                then.append((f"set weight {server.path} {server.weight}", _done))
+            elif reply != "New server registered.":
+                raise Unexpressible(f"add server {server.path}: {reply}")
+        for server in servers:
+            then.append((f"enable health {server.path}", _any))
+            then.append((f"set server {server.path} state {server.admin}", _done))
+        for (command, ok), reply in zip(then, self.client.batch([c for c, _ in then]), strict=True):
+            if ok is _any and reply:
+                _log.warning("haproxy: enable health refused", command=command, reply=reply)
+            _check(command, reply, ok)
+
+    def _expect(self, commands: Sequence[str], ok: Callable[[str], bool]) -> None:
+        for command, reply in zip(commands, self.client.batch(commands), strict=True):
+            _check(command, reply, ok)
 
     def save_server_state(self, path: str, servers: Mapping[str, Server]) -> None:
         """Before a reload: save what HAProxy knows (health, maintenance) for the new worker."""
@@ -190,12 +224,12 @@ def save_server_state(path: str, servers: Mapping[str, Server], live: str | None
         _log.warning(f"haproxy: cannot write the server state file: {exc}", path=path)
 
 
-def _set_addr(api: API, server: Server) -> None:
-    _expect(api, f"set server {server.path} addr {server.addr} port {server.port}", _addr_set)
-
-
 def _done(reply: str) -> bool:
     return reply == ""
+
+
+def _any(reply: str) -> bool:
+    return True
 
 
 def _done_or_gone(reply: str) -> bool:
@@ -206,8 +240,7 @@ def _addr_set(reply: str) -> bool:
     return "changed from" in reply or "no need to change" in reply
 
 
-def _expect(api: API, command: str, ok: Callable[[str], bool]) -> None:
-    reply = api(command)
+def _check(command: str, reply: str, ok: Callable[[str], bool]) -> None:
     if not ok(reply):
         raise Unexpressible(f"{command}: {reply or '(no reply)'}")
 
@@ -217,12 +250,16 @@ def filter_server_state(text: str, servers: Mapping[str, Server]) -> str:
 
     HAProxy applies a saved server's port (and admin state) over the config's, so a stale
     line could move a server back; a line is kept only when backend, name, address, port
-    and weight all match and its maintenance state is the wanted one.
+    and weight all match and its maintenance state is the wanted one. HAProxy applies a
+    saved weight only when the line's `srv_iweight` equals the config's weight, so that
+    field is set to the weight the config gives the server (0 while it drains).
     """
     wanted = {s.key: s for s in servers.values()}
     header, found = rows(text)
     if header is None:
         return ""
+    columns = header[2:].split()
+    iweight = columns.index("srv_iweight") if "srv_iweight" in columns else None
     out = ["1", header]
     for line, row in found:
         server = wanted.get((row.get("be_name", ""), row.get("srv_name", "")))
@@ -236,6 +273,10 @@ def filter_server_state(text: str, servers: Mapping[str, Server]) -> str:
             continue
         if server.admin != "maint" and server.admin != _admin_state(row.get("srv_admin_state", "")):
             continue
+        if iweight is not None:
+            fields = line.split()
+            fields[iweight] = str(server.config_weight)
+            line = " ".join(fields)
         out.append(line)
     return "\n".join(out) + "\n"
 
