@@ -72,10 +72,21 @@ def render(context: Mapping[str, object]) -> str:
     check = f"    option httpchk GET {context['check_path']}\n" if context["check_path"] else ""
     for name, members in backends.items():
         parts.append(f"\nbackend {name}\n{check}")
-        for s in members:
-            disabled = " disabled" if s.maint else ""
-            parts.append(f"    server {s.name} {s.address} {s.options} {context['check_options']}{disabled}\n")
+        parts.extend(_server_lines(members, context))
+    tcp: Sequence[tuple[str, str, Sequence[Server]]] = context["tcp_services"]  # type: ignore[assignment]
+    for name, bind, members in tcp:
+        parts.append(
+            f"\nfrontend tcp-{name}\n    mode tcp\n    no option idle-close-on-response\n"
+            f"    bind {bind}\n    default_backend {name}\n"
+        )
+        parts.append(f"\nbackend {name}\n    mode tcp\n")
+        parts.extend(_server_lines(members, context))
     return "".join(parts)
+
+
+def _server_lines(servers: Sequence[Server], context: Mapping[str, object]) -> list[str]:
+    checks = context["check_options"]
+    return [f"    server {s.name} {s.address} {s.options} {checks}{' disabled' if s.maint else ''}\n" for s in servers]
 
 
 def _tls_frontend(context: Mapping[str, object]) -> str:

@@ -18,7 +18,7 @@ DEFAULT_SOCKET = "/run/haproxy/admin.sock"
 ON_FAILED = ("remove", "maint")
 HSTS_MAX_AGE = 63072000  # `vars.hsts: true`: two years, as Mozilla's generator sets it
 # Template variables the handler itself provides; `vars` may not shadow them.
-RESERVED_VARS = frozenset({"backends", "servers", "default_backend", "check_path", "check_options"})
+RESERVED_VARS = frozenset({"backends", "servers", "default_backend", "check_path", "check_options", "tcp_services"})
 
 
 class Options(NamedTuple):
@@ -38,6 +38,7 @@ class Options(NamedTuple):
     min_alive: float  # member-failed never takes a backend below this fraction of its servers
     check_path: str | None  # HTTP health checks of this path; None: TCP connects
     check_inter: int | None  # ms between health checks; None: by the number of servers
+    tcp: Mapping[str, str]  # TCP service (backend name) -> its listen address
     backup: bool  # keep the previous config as <config>.bak
 
 
@@ -58,6 +59,7 @@ def parse(
     min_alive: object = 0.5,
     check_path: object = None,
     check_inter: object = None,
+    tcp: object = None,
     backup: object = False,
 ) -> Options:
     if not isinstance(role, str) or not role:
@@ -90,7 +92,8 @@ def parse(
         raise ConfigError(f"query: expected a query name (no spaces or commas), got {query!r}")
     return Options(
         role, port, backend, config, template, vars, state, check, haproxy, reload, socket, on_failed, query,
-        _fraction(min_alive, "min_alive"), _check_path(check_path), _check_inter(check_inter), _flag(backup, "backup"),
+        _fraction(min_alive, "min_alive"), _check_path(check_path), _check_inter(check_inter), _tcp(tcp, backend),
+        _flag(backup, "backup"),
     )
 
 
@@ -100,6 +103,23 @@ def _check_path(value: object) -> str | None:
     if not _is_word(value) or not value.startswith("/"):
         raise ConfigError(f"check_path: expected a path such as /healthz (no spaces, quotes or '#'), got {value!r}")
     return value
+
+
+def _tcp(value: object, http_backend: str) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise ConfigError(f"tcp: expected a mapping of service name to listen address, got {type(value).__name__}")
+    for name, bind in value.items():
+        if not is_backend_name(name):
+            raise ConfigError(
+                f"tcp: {name!r}: a service name is 1-63 of A-Z a-z 0-9 _ . -, starting with a letter or digit"
+            )
+        if name == http_backend:
+            raise ConfigError(f"tcp.{name}: the same name as the HTTP backend `backend: {http_backend}`")
+        if not _is_line(bind):
+            raise ConfigError(f"tcp.{name}: expected a listen address such as '*:6379', got {bind!r}")
+    return dict(value)
 
 
 def _check_inter(value: object) -> int | None:

@@ -306,8 +306,9 @@ def _reload_reason(
     if installed != text and installed != render(applied):
         # Someone changed the template or the file: HAProxy must load the whole config.
         return "the installed config was not the one HAProxy runs"
-    old_backends = {options.backend, *(s.backend for s in applied.values())}
-    new_backends = {options.backend, *(s.backend for s in wanted.values())}
+    always = {options.backend, *options.tcp}  # in every config, with or without servers
+    old_backends = {*always, *(s.backend for s in applied.values())}
+    new_backends = {*always, *(s.backend for s in wanted.values())}
     if old_backends != new_backends:
         added, removed = sorted(new_backends - old_backends), sorted(old_backends - new_backends)
         return f"backends added {added} or removed {removed}"

@@ -31,6 +31,8 @@ def server_state_file(options: Options) -> str:
 def context(options: Options, servers: Mapping[str, Server]) -> dict[str, object]:
     """The template variables: defaults, then the operator's `vars`, then the servers."""
     backends = by_backend(servers, options.backend)
+    # TCP services are always there, with or without servers, and never routed to by Host.
+    tcp_services = [(name, bind, backends.pop(name, [])) for name, bind in sorted(options.tcp.items())]
     values: dict[str, object] = {
         "bind": "*:80",
         "socket": options.socket or DEFAULT_SOCKET,
@@ -43,6 +45,7 @@ def context(options: Options, servers: Mapping[str, Server]) -> dict[str, object
     values.update(
         check_path=options.check_path,
         check_options=health_checks(options, servers),
+        tcp_services=tcp_services,
         backends=backends,
         servers=[s for group in backends.values() for s in group],
         default_backend=options.backend,
