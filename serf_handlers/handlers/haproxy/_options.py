@@ -80,12 +80,7 @@ def parse(
     check = _flag(check, "check")
     haproxy = _path(haproxy, "haproxy")
     reload = None if reload is None else _argv(reload)
-    if socket is not None:
-        socket = _path(socket, "socket")
-        if reload is None:
-            # Without a fallback, a change the runtime API cannot make (a new backend, or
-            # HAProxy's servers unknown after a crash or a lost state file) could never be applied.
-            raise ConfigError("socket: needs `reload` as well, the fallback for what the runtime API cannot do")
+    socket = None if socket is None else _socket(socket, reload)
     if on_failed not in ON_FAILED:
         raise ConfigError(f"on_failed: expected one of {', '.join(ON_FAILED)}, got {on_failed!r}")
     if not isinstance(query, str) or not query or not _is_word(query) or "," in query:
@@ -95,6 +90,14 @@ def parse(
         _fraction(min_alive, "min_alive"), _check_path(check_path), _check_inter(check_inter), _tcp(tcp, backend),
         _flag(backup, "backup"),
     )
+
+
+def _socket(socket: object, reload: tuple[str, ...] | None) -> str:
+    if reload is None:
+        # Without a fallback, a change the runtime API cannot make (a new backend, or
+        # HAProxy's servers unknown after a crash or a lost state file) could never be applied.
+        raise ConfigError("socket: needs `reload` as well, the fallback for what the runtime API cannot do")
+    return _path(socket, "socket")
 
 
 def _check_path(value: object) -> str | None:
