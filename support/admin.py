@@ -1,11 +1,12 @@
-"""HAProxy's admin socket, as the tests and the benchmarks read it: the package's own runtime
-API client (one command per connection, under a timeout, refusing anything that could split a
-command) and the one `show servers state` parser."""
+"""HAProxy's admin socket, as the tests and the benchmarks read it, through the package's own
+runtime API client (under a timeout, refusing anything that could split a command) and its
+one `show servers state` parser (`_live.rows`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from serf_handlers.handlers.haproxy._live import rows
 from serf_handlers.handlers.haproxy._runtime import Client, Unavailable
 
 __all__ = ["Unavailable", "admin", "answers", "live_servers", "server_rows"]
@@ -42,13 +43,4 @@ def server_rows(path: Path | str, backend: str | None = None) -> list[dict[str, 
         text = admin(path, f"show servers state {backend}" if backend else "show servers state")
     except Unavailable:
         return []
-    lines = text.splitlines()
-    header = next((line for line in lines if line.startswith("# be_id")), None)
-    if header is None:
-        return []
-    columns = header[2:].split()
-    return [
-        dict(zip(columns, line.split(), strict=True))
-        for line in lines
-        if not line.startswith("#") and len(line.split()) == len(columns)
-    ]
+    return [row for _line, row in rows(text)[1]]
