@@ -20,7 +20,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -59,17 +59,8 @@ class Run(NamedTuple):
 
 
 @pytest.fixture
-def procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
-    """A short directory (HAProxy's admin socket path must stay under 108 bytes); every
-    process stopped by PID afterwards, stopped (SIGSTOP) ones continued first."""
-    group = Processes(tmp_path_factory.mktemp("hxc"))
-    try:
-        yield group
-    finally:
-        for proc in group.started:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)
-        group.stop_all(together=True)
+def procs(short_procs: Processes) -> Processes:
+    return short_procs  # see conftest.py
 
 
 def runs_log(lb: Site) -> Path:

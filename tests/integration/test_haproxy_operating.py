@@ -13,10 +13,8 @@ test_haproxy_convergence.py are reused.
 
 from __future__ import annotations
 
-import os
-import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 
@@ -44,17 +42,8 @@ RUNNING = "2"
 
 
 @pytest.fixture
-def procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
-    """A short directory (HAProxy's admin socket path must stay under 108 bytes); every
-    process stopped by PID afterwards."""
-    group = Processes(tmp_path_factory.mktemp("hxo"))
-    try:
-        yield group
-    finally:
-        for proc in group.started:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)
-        group.stop_all(together=True)
+def procs(short_procs: Processes) -> Processes:
+    return short_procs  # see conftest.py
 
 
 def admin_state(lb: Site, name: str) -> str:

@@ -15,10 +15,8 @@ The helpers of test_haproxy_convergence.py are reused.
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -34,17 +32,8 @@ WEBS = ("web1", "web2", "web3", "web4")
 
 
 @pytest.fixture
-def procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
-    """A short directory (for HAProxy's admin socket); every process stopped by PID afterwards,
-    the frozen (SIGSTOP) agents continued first."""
-    group = Processes(tmp_path_factory.mktemp("hxp"))
-    try:
-        yield group
-    finally:
-        for proc in group.started:
-            if proc.poll() is None:
-                os.kill(proc.pid, signal.SIGCONT)
-        group.stop_all(together=True)
+def procs(short_procs: Processes) -> Processes:
+    return short_procs  # see conftest.py
 
 
 def start_lb(procs: Processes) -> Site:

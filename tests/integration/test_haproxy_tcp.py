@@ -5,7 +5,6 @@ tag and leaves with no reload and no failed request. Judged by HAProxy's live st
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,12 +17,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture
-def procs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Processes]:
-    group = Processes(tmp_path_factory.mktemp("hxt"))  # short: the admin socket's path
-    try:
-        yield group
-    finally:
-        group.stop_all(together=True)
+def procs(short_procs: Processes) -> Processes:
+    return short_procs  # see conftest.py
 
 
 def tcp_servers(lb: Site) -> dict[str, str]:
