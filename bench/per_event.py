@@ -7,6 +7,9 @@ row gets exactly that environment (`env -i`), nothing inherited from the benchma
 and no SERF_HANDLERS_CACHE_DIR: whether the parsed config is cached is the code's business.
 Every timed haproxy-handler join is a real change: an untimed leave of the same member
 runs before it, and an untimed check after it asks HAProxy (or the config) for the server.
+The "metrics on" rows are (a) in the Docker image's environment and (b) with the config's
+top-level `metrics: PATH` set, as the image has it: each run also reads, locks and rewrites
+the Prometheus text file; the file is checked afterwards for every run's count.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ WARMUP = 3
 IMPORTTIME_RUNS = 7
 TOP_IMPORTS = 14
 NO_CA_LABEL = "haproxy -c (1 server), `httpclient.ssl.verify none`"
+METRICS_ENV = "supervisord (Docker image)"  # the (a) metrics-on row's environment: the image has metrics on
+B_LABEL = "(b) haproxy, runtime API"
+B_METRICS_LABEL = "(b) haproxy, runtime API, metrics on"
 
 
 # What Serf adds to its own environment for a member-join handler on node `lb` (role=lb).
@@ -103,6 +109,35 @@ def log_label(environment: Environment) -> str:
     return f"(a) log handler, {environment.label}"
 
 
+def metrics_label(label: str) -> str:
+    return f"{label}, metrics on"
+
+
+_SAMPLE = re.compile(r"^([a-z_]+)(\{[^}]*\})? (\S+)$", re.MULTILINE)
+
+
+def metrics_samples(path: Path) -> dict[str, float]:
+    """`name{labels}` -> value, from a Prometheus text file the handler wrote."""
+    if not path.exists():
+        raise RuntimeError(f"the handler wrote no metrics file {path}")
+    return {m[1] + (m[2] or ""): float(m[3]) for m in _SAMPLE.finditer(path.read_text())}
+
+
+def metrics_counts(path: Path, runs: int) -> dict[str, float]:
+    """What a metrics-on variant's file counted after `runs` joins (warm-up included; for (b),
+    as many untimed leaves too); raises when it lost a join, i.e. the metrics are wrong."""
+    samples = metrics_samples(path)
+    counts = {
+        "joins": samples.get('serf_handlers_events_total{type="member-join"}', 0.0),
+        "runs_ok": samples.get('serf_handlers_runs_total{command="handle",result="ok"}', 0.0),
+        "reloads": samples.get("serf_handlers_haproxy_reloads_total", 0.0),
+        "runtime_commands": samples.get("serf_handlers_haproxy_runtime_commands_total", 0.0),
+    }
+    if counts["joins"] < runs:
+        raise RuntimeError(f"{path}: {counts['joins']:.0f} member-join events counted, {runs} runs timed")
+    return counts
+
+
 def run(venv_bin: Path, workdir: Path, rounds: int = ROUNDS) -> dict[str, object]:
     with processes(workdir) as procs:
         return _run(procs, venv_bin, workdir, rounds)
@@ -123,11 +158,23 @@ def _run(procs: Processes, venv_bin: Path, workdir: Path, rounds: int) -> dict[s
         Command(log_label(e), [*e.prefix, serf_handle, "--config", str(a_yml)], member, e.env, inherit_env=False)
         for e in envs
     ]
+    # The same log handler with the handler's metrics file, in the image's environment.
+    a_metrics = workdir / "log-metrics.prom"
+    am_yml = workdir / "log-metrics.yml"
+    am_yml.write_text(a_yml.read_text() + f"metrics: {a_metrics}\n")
+    am_env = next(e for e in envs if e.label == METRICS_ENV)
+    am_env_vars = {**am_env.env, "SERF_HANDLERS_CONFIG": str(am_yml)}
+    a_commands.append(Command(metrics_label(log_label(am_env)), [*am_env.prefix, serf_handle, "--config", str(am_yml)],
+                              member, am_env_vars, inherit_env=False))
     nobody_baseline = [Command(BASELINE_NOBODY, [*AS_NOBODY, python, "-c", "pass"], env={"PATH": SYSTEM_PATH},
                                inherit_env=False)] if any(e.prefix for e in envs) else []
 
-    # (b) runtime API, (c) reload mode: each its own HAProxy.
+    # (b) runtime API, (b) again with the metrics file, (c) reload mode: each its own HAProxy.
     live = BenchSite(procs, venv_bin, workdir / "runtime", "runtime")
+    live_metrics = BenchSite(procs, venv_bin, workdir / "runtime-metrics", "runtime")
+    b_metrics = live_metrics.metrics = live_metrics.dir / "serf_handlers.prom"
+    live_metrics.write_yml()
+    live_metrics.must("check")  # the parsed-config cache, for the new config
     reload = BenchSite(procs, venv_bin, workdir / "reload", "reload")
 
     # The Ruby seed: its own master-worker HAProxy, reloaded with USR2 after each append.
@@ -159,6 +206,15 @@ def _run(procs: Processes, venv_bin: Path, workdir: Path, rounds: int) -> dict[s
         leave(live)
         if "web1" in live.live_servers():
             raise RuntimeError("runtime API leave did not remove web1 from HAProxy")
+
+    def metrics_leave() -> None:
+        leave(live_metrics)
+        if "web1" in live_metrics.live_servers():
+            raise RuntimeError("runtime API leave (metrics on) did not remove web1 from HAProxy")
+
+    def metrics_joined() -> None:
+        if "web1" not in live_metrics.live_servers():
+            raise RuntimeError("runtime API join (metrics on) did not add web1 to HAProxy")
 
     config_seen: dict[str, tuple[int, int]] = {}
 
@@ -193,8 +249,10 @@ def _run(procs: Processes, venv_bin: Path, workdir: Path, rounds: int) -> dict[s
         Command("Ruby seed handler", ["ruby", str(ASSETS / "seed_handler.rb"), str(base), str(seed_cfg),
                                       "kill", "-USR2", seed_master], member),
         *a_commands,
-        Command("(b) haproxy, runtime API", [serf_handle, "--config", str(live.yml)], member,
+        Command(B_LABEL, [serf_handle, "--config", str(live.yml)], member,
                 live.event_env("member-join"), before=live_leave, after=joined_live),
+        Command(B_METRICS_LABEL, [serf_handle, "--config", str(live_metrics.yml)], member,
+                live_metrics.event_env("member-join"), before=metrics_leave, after=metrics_joined),
         Command("(b) same join again (no change)", [serf_handle, "--config", str(live.yml)], member,
                 live.event_env("member-join"), after=unchanged),
         Command("(c) haproxy, reload (USR2)", [serf_handle, "--config", str(reload.yml)], member,
@@ -206,7 +264,13 @@ def _run(procs: Processes, venv_bin: Path, workdir: Path, rounds: int) -> dict[s
     runtime_reloads = live.reload_count()
     runtime_changes = live.runtime_changes()
     reload_reloads = reload.reload_count()
-    errors = live.handler_errors() + reload.handler_errors()
+    errors = live.handler_errors() + live_metrics.handler_errors() + reload.handler_errors()
+    timed = rounds + WARMUP
+    metrics = {
+        metrics_label(log_label(am_env)): (log_label(am_env), metrics_counts(a_metrics, timed)),
+        B_METRICS_LABEL: (B_LABEL, metrics_counts(b_metrics, timed)),
+    }
+    metrics_reloads = live_metrics.reload_count()
 
     # Still serving through the runtime-API HAProxy after all that?
     live.event("member-join", member)
@@ -215,8 +279,8 @@ def _run(procs: Processes, venv_bin: Path, workdir: Path, rounds: int) -> dict[s
     debian = envs[0]
     imports = {
         log_label(debian): importtime(python, serf_handle, a_yml, member, debian.env, None, inherit_env=False),
-        "(b) haproxy, runtime API": importtime(python, serf_handle, live.yml, member,
-                                               live.event_env("member-join"), lambda: leave(live)),
+        B_LABEL: importtime(python, serf_handle, live.yml, member, live.event_env("member-join"),
+                            lambda: leave(live)),
     }
     return {
         "rows": summary(times, BASELINE),
@@ -227,6 +291,8 @@ def _run(procs: Processes, venv_bin: Path, workdir: Path, rounds: int) -> dict[s
         "reload_reloads": reload_reloads,
         "handler_errors": errors[:5],
         "served_after": (status, body),
+        "metrics": metrics,  # metrics-on label -> (the same row without, the file's counts)
+        "metrics_reloads": metrics_reloads,
         "imports": imports,
     }
 

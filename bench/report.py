@@ -112,6 +112,26 @@ def format_per_event(r: dict[str, Any]) -> str:
         f"Reload mode reloaded {r['reload_reloads']} times (one per join and per leave). "
         f"Handler errors logged: {len(r['handler_errors'])}. "
         f"A request through the runtime-API HAProxy afterwards: {r['served_after'][0]} `{r['served_after'][1]}`.",
+    ]
+    if r.get("metrics"):  # absent from results measured before the metrics-on rows existed
+        out += ["- **Metrics on** (the config's top-level `metrics: PATH`, as the load-balancer image has it: "
+                "every run also reads the file, takes its lock and rewrites it):"]
+        for label, (without, counts) in r["metrics"].items():
+            on, off = rows[label], rows[without]
+            out.append(
+                f"  - {label}: {ms(on[1])} ms against {ms(off[1])} ms without, "
+                f"{on[1] - off[1]:+.1f} ms ({(on[1] / off[1] - 1) * 100:+.0f} %); {on[4]:.2f}× `python -c pass`. "
+                f"The file counted {counts['joins']:.0f} member-join events ({on[5]} timed runs + 3 warm-up) and "
+                f"{counts['runs_ok']:.0f} ok `handle` runs"
+                + (f" (the untimed leaves included), {counts['reloads']:.0f} reloads and "
+                   f"{counts['runtime_commands']:.0f} runtime-API commands" if counts["runtime_commands"] else "")
+                + "."
+            )
+        bm = rows.get("(b) haproxy, runtime API, metrics on")
+        if bm:
+            out.append(f"  - (b) with metrics: target ≤ 5× `python -c pass`: {verdict(bm[4] <= 5)}; "
+                       f"{r['metrics_reloads']} reloads (the site's own counter).")
+    out += [
         "",
         f"**What start-up pays for** (`python -X importtime`, median of {next(iter(r['imports'].values()))['runs']} "
         "runs each; importtime itself slows imports down, so compare the shares, not the sums with the table above):",
