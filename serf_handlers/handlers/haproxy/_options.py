@@ -93,11 +93,12 @@ def parse(
 
 
 def _socket(socket: object, reload: tuple[str, ...] | None) -> str:
+    path = _path(socket, "socket")
     if reload is None:
         # Without a fallback, a change the runtime API cannot make (a new backend, or
         # HAProxy's servers unknown after a crash or a lost state file) could never be applied.
         raise ConfigError("socket: needs `reload` as well, the fallback for what the runtime API cannot do")
-    return _path(socket, "socket")
+    return path
 
 
 def _check_path(value: object) -> str | None:
