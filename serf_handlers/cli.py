@@ -175,8 +175,39 @@ def _render(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: 
     return EXIT_OK
 
 
+def _cluster_check(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
+    from . import cluster
+    from .errors import SerfRPCError
+    from .handlers.haproxy import HAProxyHandler
+
+    # The query this node's own haproxy handler answers (the load balancers share one
+    # handler config), else the default; the role is the load balancers' own tag, not the
+    # handler's `role` (that is the role of the members it serves).
+    queries = [r.handler.options.query for r in dispatcher.registrations if isinstance(r.handler, HAProxyHandler)]
+    query = args.query or (queries[0] if queries else cluster.DEFAULT_QUERY)
+    try:
+        lines, code = cluster.check(args.role or cluster.DEFAULT_ROLE, query, args.rpc_addr or env.get("SERF_RPC_ADDR"),
+                                    args.rpc_auth or env.get("SERF_RPC_AUTH"), env, args.timeout)
+    except SerfRPCError as exc:
+        return _fail(f"cluster-check: {exc}", cluster.EXIT_ERROR, args.debug)
+    print("\n".join(lines), flush=True)
+    return code
+
+
+def _seconds(text: str) -> float:
+    import argparse
+
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not 0 < value <= 300:
+        raise argparse.ArgumentTypeError(f"expected seconds, more than 0 and at most 300, got {text!r}")
+    return value
+
+
 _COMMANDS = {"handle": _handle, "check": _check, "reconcile": _reconcile, "status": _status, "render": _render,
-             "metrics": _print_metrics, "certs": _certs}
+             "metrics": _print_metrics, "certs": _certs, "cluster-check": _cluster_check}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -208,13 +239,23 @@ def _parser() -> argparse.ArgumentParser:
         "render": "print the config for the current state",
         "metrics": "print the handler's own metrics (the `metrics:` file, Prometheus text format)",
         "certs": "check the TLS certificates (vars.tls_certs) and make HAProxy serve the files as they are now",
+        "cluster-check": "ask every load balancer (a Serf query) what it serves; exit 0 when all agree, "
+        "1 when not or one does not answer, 2 on error",
     }
     for name, help in commands.items():
         command = sub.add_parser(name, help=help, description=help)
         add_common(command, False)
-        if name == "reconcile":
+        if name in ("reconcile", "cluster-check"):
             command.add_argument("--rpc-addr", help="Serf RPC address (default: $SERF_RPC_ADDR, else 127.0.0.1:7373)")
             command.add_argument("--rpc-auth", help="Serf RPC auth key (default: $SERF_RPC_AUTH)")
+        if name == "cluster-check":
+            command.add_argument("--timeout", type=_seconds, metavar="S",
+                                 help="how long the load balancers have to answer (default: Serf's, about 3 s)")
+            command.add_argument("--role", default=None,
+                                 help="the load balancers' role tag (default: lb, as the images set it)")
+            command.add_argument("--query", default=None,
+                                 help="the query the haproxy handlers answer (default: this node's configured "
+                                      "haproxy handler's `query`, else backends)")
         if name == "render":
             how = command.add_mutually_exclusive_group()
             how.add_argument("--write", action="store_true", help="also install it (validated, atomically), no reload")

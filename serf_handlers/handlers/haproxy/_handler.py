@@ -51,6 +51,7 @@ class HAProxyHandler:
                                        # of its servers (a partition): failed ones beyond it stay
                                        # served, and HAProxy's health checks decide
             query: backends            # the query that answers with this load balancer's view
+                                       # (payload `digest`: one line for `serf-handle cluster-check`)
             check_path: null           # e.g. /healthz: HTTP health checks (2xx/3xx) instead of TCP
             check_inter: null          # ms between checks; null: 500 up to 500 servers, longer above
             backup: false              # keep the previous config as <config>.bak
@@ -82,8 +83,13 @@ class HAProxyHandler:
         if isinstance(event, MemberEvent):
             self._member_event(event)
         elif isinstance(event, Query) and event.name == self.options.query:
-            from ._report import summary
+            from ._report import DIGEST_PAYLOAD, digest_line, summary
 
+            if event.payload.strip() == DIGEST_PAYLOAD:  # `serf-handle cluster-check` asks
+                try:
+                    return digest_line(_state.load(self.options.state), self.options.backend)
+                except _state.StateError:
+                    return "error=state_unreadable\n"  # the asker names us; `reconcile` repairs it
             return summary(_state.load(self.options.state), self.options.backend, reply_budget(event.node.name))
         return None
 
