@@ -234,7 +234,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     commands = {
         "check": "validate the config and list which handler runs for what",
-        "reconcile": "rebuild handler state from `serf members` (alive members only)",
+        "reconcile": "rebuild handler state from `serf members` (and repair what HAProxy has)",
         "status": "print the current backends and servers",
         "render": "print the config for the current state",
         "metrics": "print the handler's own metrics (the `metrics:` file, Prometheus text format)",
@@ -245,24 +245,28 @@ def _parser() -> argparse.ArgumentParser:
     for name, help in commands.items():
         command = sub.add_parser(name, help=help, description=help)
         add_common(command, False)
-        if name in ("reconcile", "cluster-check"):
-            command.add_argument("--rpc-addr", help="Serf RPC address (default: $SERF_RPC_ADDR, else 127.0.0.1:7373)")
-            command.add_argument("--rpc-auth", help="Serf RPC auth key (default: $SERF_RPC_AUTH)")
-        if name == "cluster-check":
-            command.add_argument("--timeout", type=_seconds, metavar="S",
-                                 help="how long the load balancers have to answer (default: Serf's, about 3 s)")
-            command.add_argument("--role", default=None,
-                                 help="the load balancers' role tag (default: lb, as the images set it)")
-            command.add_argument("--query", default=None,
-                                 help="the query the haproxy handlers answer (default: this node's configured "
-                                      "haproxy handler's `query`, else backends)")
-        if name == "render":
-            how = command.add_mutually_exclusive_group()
-            how.add_argument("--write", action="store_true", help="also install it (validated, atomically), no reload")
-            how.add_argument(
-                "--diff", action="store_true", help="only show how it differs from the installed config (exit 1 if so)"
-            )
+        _add_command_arguments(name, command)
     return parser
+
+
+def _add_command_arguments(name: str, command: argparse.ArgumentParser) -> None:
+    if name in ("reconcile", "cluster-check"):
+        command.add_argument("--rpc-addr", help="Serf RPC address (default: $SERF_RPC_ADDR, else 127.0.0.1:7373)")
+        command.add_argument("--rpc-auth", help="Serf RPC auth key (default: $SERF_RPC_AUTH)")
+    if name == "cluster-check":
+        command.add_argument("--timeout", type=_seconds, metavar="S",
+                             help="how long the load balancers have to answer (default: Serf's, about 3 s)")
+        command.add_argument("--role", default="lb",
+                             help="the load balancers' role tag (default: lb, as the images set it)")
+        command.add_argument("--query", default=None,
+                             help="the query the haproxy handlers answer (default: this node's configured "
+                                  "haproxy handler's `query`, else backends)")
+    if name == "render":
+        how = command.add_mutually_exclusive_group()
+        how.add_argument("--write", action="store_true", help="also install it (validated, atomically), no reload")
+        how.add_argument(
+            "--diff", action="store_true", help="only show how it differs from the installed config (exit 1 if so)"
+        )
 
 
 def _event_args(argv: Sequence[str]) -> SimpleNamespace | None:
