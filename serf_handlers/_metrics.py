@@ -98,9 +98,7 @@ def haproxy_servers(servers: Iterable[Server], skipped: int, default_backend: st
     backends = {default_backend}
     for server in servers:
         backends.add(server.backend)
-        # `admin` (ready, drain, maint) where the Server has it; before `state` tags, maint or ready.
-        state = str(getattr(server, "admin", "maint" if server.maint else "ready"))
-        key = labels(backend=server.backend, state=state)
+        key = labels(backend=server.backend, state=server.admin)  # ready, drain or maint
         counts[key] = counts.get(key, 0) + 1
         if server.failed:
             key = labels(backend=server.backend)
