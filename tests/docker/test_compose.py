@@ -158,11 +158,13 @@ def test_scaling_down_to_one_under_load_fails_no_request(compose: Compose) -> No
     assert gone <= set(during), "the removed nodes served nothing while they were stopping"
     assert not [node for t, node in answers if t > scaled and node in gone]
     assert scaled - started < 30, f"the scale-down took {scaled - started:.1f} s"
-    # They left gracefully, and the load balancer serves the one that is left.
+    # They are gone from the cluster, and the load balancer serves the one that is left. Most
+    # leave gracefully; on a loaded machine Serf may give up on a leave ("Shutdown without a
+    # Leave") and report the node failed instead: no request may fail either way (above).
     lb = compose.containers("lb")[0]
     out = run("docker", "exec", lb, "serf", "members", "-format", "json").stdout
     status = {m["name"]: m["status"] for m in json.loads(out)["members"] or []}
-    assert {status.get(node) for node in gone} == {"left"}, status
+    assert {status.get(node) for node in gone} <= {"left", "failed"}, status
     wait_for_rotation(compose.url, after, timeout=10, logs=compose.logs)
 
 
