@@ -1,13 +1,14 @@
 """`make bench`: measure what users feel, and regenerate BENCHMARKS.md from the figures.
 
-    python -m bench                 all five sections (about 5 minutes on 2 cores)
+    python -m bench                 all six sections (about 7 minutes on 2 cores)
     python -m bench --only 2        one section (or --only 1,3); the others are kept
     python -m bench --quick         fewer rounds, shorter runs; prints, writes nothing
 
-Run from the repository root (the measuring is in per_event, scale, churn, convergence and
-drain, the Markdown in report.py).
+Run from the repository root (the measuring is in per_event, scale, churn, convergence,
+drain and tls, the Markdown in report.py).
 
-Sections: 1 per-event cost, 2 scale, 3 churn under load, 4 convergence, 5 drain under load.
+Sections: 1 per-event cost, 2 scale, 3 churn under load, 4 convergence, 5 drain under load,
+6 TLS termination (HTTPS against plain HTTP, certificate renewal under load).
 It reports and never asserts a target: a missed target is a figure in the report. It
 fails (exit 1) only when the benchmark itself could not run (e.g. a check that a timed
 event really changed HAProxy did not hold). Every process it starts is stopped by PID.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 from support.processes import require
 
-from . import churn, convergence, drain, per_event, scale
+from . import churn, convergence, drain, per_event, scale, tls
 from .procs import REPO, make_install, open_to_all, tempdir
 from .report import (
     DOC,
@@ -38,16 +39,17 @@ from .report import (
     format_drain,
     format_per_event,
     format_scale,
+    format_tls,
     update_doc,
 )
 
-SECTIONS = ("1", "2", "3", "4", "5")
+SECTIONS = ("1", "2", "3", "4", "5", "6")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", default=None, metavar="N[,N]",
-                        help="run only these sections (1 per-event, 2 scale, 3 churn, 4 convergence, 5 drain)")
+                        help="run only these sections (1 per-event, 2 scale, 3 churn, 4 convergence, 5 drain, 6 TLS)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run; prints, does not write BENCHMARKS.md")
     parser.add_argument("--no-write", action="store_true", help="print the results, do not touch BENCHMARKS.md")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) for inspection")
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     command = "make bench" if only == list(SECTIONS) and not args.quick else "python -m bench" + (
         f" --only {','.join(only)}" if only != list(SECTIONS) else "") + (" --quick" if args.quick else "")
 
-    require("serf", "haproxy", "nginx", "wrk", "ruby")
+    require("serf", "haproxy", "nginx", "wrk", "ruby", *(["openssl"] if "6" in only else []))
     began = time.monotonic()
     root = tempdir("run")
     open_to_all(root)  # section 1 runs the throwaway install as user nobody
@@ -77,6 +79,9 @@ def main(argv: list[str] | None = None) -> int:
                                                   duration=8 if args.quick else churn.DURATION)),
             "4": lambda d: format_convergence(convergence.run(venv_bin, d, reps=2 if args.quick else convergence.REPS)),
             "5": lambda d: format_drain(drain.run(venv_bin, d, rounds=1 if args.quick else drain.ROUNDS)),
+            "6": lambda d: format_tls(tls.run(venv_bin, d, rounds=1 if args.quick else tls.ROUNDS,
+                                              duration=2 if args.quick else tls.DURATION,
+                                              renewals=1 if args.quick else tls.RENEWALS)),
         }
         for section in only:
             started = time.monotonic()

@@ -20,6 +20,7 @@ TITLES = {
     "3": "3. Churn under load",
     "4": "4. Convergence",
     "5": "5. Drain, maintenance and back under load",
+    "6": "6. TLS termination",
 }
 
 
@@ -339,4 +340,73 @@ def format_drain(r: dict[str, Any]) -> str:
         "- Most of each change's time is Serf's own delivery of the `member-update` (its coalescing window, "
         "about 1 s); section 4 times the handler's part of a change.",
     ]
+    return "\n".join(out) + "\n"
+
+
+# --- section 6 ---------------------------------------------------------------------------
+
+
+def _spread(values: list[float]) -> tuple[float, float, float]:
+    return statistics.median(values), min(values), max(values)
+
+
+def format_tls(r: dict[str, Any]) -> str:
+    runs = r["throughput"]
+    rps = {variant: _spread([float(run["rps"]) for run in runs[variant]]) for variant in ("plain", "tls")}
+    out = [
+        f"`wrk -t{r['threads']} -c{r['connections']} -d{r['duration']}s` (keep-alive, 2 s timeout) against the plain "
+        f"HTTP bind and the HTTPS bind of the same HAProxy (runtime-API mode), to the same two nginx web nodes, "
+        f"{r['rounds']} interleaved rounds (after a 1 s warm-up of each). Requests a second, median (min–max).\n",
+        "| variant | requests/s | × plain | requests (all rounds) | failed: non-2xx + socket errors (all rounds) |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    labels = {"plain": "plain HTTP", "tls": "HTTPS, TLS terminated by HAProxy (keep-alive)"}
+    for variant, label in labels.items():
+        med, low, high = rps[variant]
+        total = sum(int(run["requests"]) for run in runs[variant])
+        failed = sum(int(run["failed"]) for run in runs[variant])
+        out.append(f"| {label} | {med:,.0f} ({low:,.0f}–{high:,.0f}) | {med / rps['plain'][0]:.2f}× "
+                   f"| {total:,} | {failed:,} |")
+    ratio = rps["tls"][0] / rps["plain"][0]
+    keepalive, fresh = r["renew_connections"]
+    renewal = r["renewal"]
+    some = next(iter(renewal.values()))
+    out += [
+        "",
+        f"- HTTPS with keep-alive served {ratio * 100:.0f} % of plain HTTP's rate "
+        f"({abs(1 - ratio) * 100:.0f} % {'fewer' if ratio < 1 else 'more'} requests a second); wrk, HAProxy and "
+        "nginx share the cores, so the ratio is the figure, not the absolute rate.",
+        "",
+        f"**Certificate renewal under load.** Two HTTPS loads at once for {some['seconds']:g} s: `wrk -t1 "
+        f"-c{keepalive}` keep-alive and `wrk -t1 -c{fresh} -H 'Connection: close'` (a new handshake per request). "
+        f"{len(some['renewals'])} renewal(s), {r['renew_every']:g} s apart: a new certificate file renamed over the "
+        "old one, then `serf-handle certs`; each checked by the certificate a new handshake gets.\n",
+        "| load balancer | what the last `certs` printed | `certs` ran: ms, median (max) "
+        "| until served: ms, median (max) | requests keep-alive / new connection "
+        "| failed: non-2xx + socket errors | reloads | runtime-API certificate updates |",
+        "|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    names = {"runtime": "runtime API (`socket` set)", "reload": "reload fallback (no `socket`)"}
+    for mode, one in renewal.items():
+        ran = _spread([float(x["certs_ms"]) for x in one["renewals"]])
+        served = _spread([float(x["served_ms"]) for x in one["renewals"]])
+        said = one["renewals"][-1]["output"]
+        loads = one["loads"]
+        out.append(
+            f"| {names[mode]} | `` {said} `` | {ms(ran[0])} ({ms(ran[2])}) | {ms(served[0])} ({ms(served[2])}) "
+            f"| {int(loads['keepalive']['requests']):,} / {int(loads['fresh']['requests']):,} | {one['failed']} "
+            f"| {one['reloads']} | {one['runtime_updates']} |"
+        )
+    runtime = renewal["runtime"]
+    out += [
+        "",
+        f"- Runtime API: **{runtime['failed']}** failed requests (target 0: {verdict(runtime['failed'] == 0)}), "
+        f"**{runtime['reloads']}** reloads (target 0: {verdict(runtime['reloads'] == 0)}).",
+    ]
+    if "reload" in renewal:
+        fallback = renewal["reload"]
+        out.append(f"- Reload fallback: {fallback['failed']} failed requests, {fallback['reloads']} reloads "
+                   f"(one per renewal: {verdict(fallback['reloads'] == len(fallback['renewals']))}).")
+    errors = ", ".join(f"{mode} {one['handler_errors']}" for mode, one in renewal.items())
+    out.append(f"- Handler errors logged: {errors}.")
     return "\n".join(out) + "\n"

@@ -7,14 +7,15 @@ Three ways of applying a membership change (`Site.serve`'s `mode`):
 - `naive`: daemonized HAProxy (`-D`), rewrite + `haproxy -D -f cfg -p pid -sf $(cat pid)`.
 Every reload command is one `sh` (no Python start-up in its cost) that also appends a line
 to the site's `reloads` file: support's one reload counter.
-What the benchmarks add: a text log (JSON would import `json` in every run), optional
+What the benchmarks add: extra template vars (`extra_vars`, e.g. section 6's `tls_bind` and
+`tls_certs`), a text log (JSON would import `json` in every run), optional
 timestamp probes around the haproxy handler (bench/probe.py), running the handler by hand,
 and counts read from its log.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,10 @@ PROBED = ["member-join", "member-leave", "member-failed"]
 
 
 class BenchSite(Site):
-    def __init__(self, procs: Processes, venv_bin: Path, workdir: Path, mode: str, probes: bool = False) -> None:
+    def __init__(self, procs: Processes, venv_bin: Path, workdir: Path, mode: str, probes: bool = False,
+                 extra_vars: Mapping[str, str] | None = None) -> None:
         self.probes = probes
+        self.extra_vars = dict(extra_vars or {})  # added to the vars `serve` sets (bind, socket)
         self.probe_file = workdir / "probes.txt"
         super().__init__(workdir, serf_handle=str(venv_bin / "serf-handle"),
                          log={"level": "info", "file": str(workdir / "handler.log")})
@@ -44,6 +47,8 @@ class BenchSite(Site):
 
     def handler_entries(self) -> list[dict[str, Any]]:
         entries = super().handler_entries()
+        if self.extra_vars:
+            entries[0]["vars"] = {**entries[0]["vars"], **self.extra_vars}
         if not self.probes:
             return entries
         return [{"type": "probe:start", "events": PROBED}, *entries, {"type": "probe:end", "events": PROBED}]

@@ -5,6 +5,7 @@
   `wait_until`, `get`.
 - `support.admin`: HAProxy's admin socket (the package's own runtime API client) and the one
   `show servers state` parser (`server_rows`: every column; `live_servers`: the main ones).
+- `support.certs`: self-signed certificates made with `openssl` (`make_cert`), for TLS termination.
 - `support.load`: a light, bounded request load through HAProxy that counts failed requests.
 - `support.site`: a haproxy-handler site in one directory, driven through the real
   `serf-handle`; optionally with HAProxy in front of it and a serf agent running it (a load

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
+from support.certs import make_cert
 from support.processes import Processes, free_port, start_haproxy, wait_until
 from support.site import Site, member_line
-from tests.test_haproxy_tls import make_cert
 
 pytestmark = pytest.mark.skipif(
     any(shutil.which(p) is None for p in ("haproxy", "openssl", "curl")), reason="needs haproxy, openssl and curl"
