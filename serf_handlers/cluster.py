@@ -16,7 +16,6 @@ error (Serf unreachable, unreadable output, no member has the role).
 
 from __future__ import annotations
 
-import json
 import re
 import subprocess
 from collections import Counter
@@ -25,7 +24,7 @@ from typing import NamedTuple
 
 from ._log import escape
 from .errors import SerfRPCError
-from .members import read_members
+from .members import json_object, read_members
 
 DEFAULT_ROLE = "lb"  # the role tag the images (SERF_ROLE) and the README give load balancers
 DEFAULT_QUERY = "backends"  # the haproxy handler's default `query`
@@ -72,12 +71,7 @@ def query_argv(
 
 def parse_query_output(text: bytes | str) -> QueryResult:
     """Parse `serf query -format json` output (`{"Acks": [...] | null, "Responses": {...}}`). Pure."""
-    try:
-        data = json.loads(text)
-    except ValueError as exc:
-        raise SerfRPCError(f"'serf query' printed invalid JSON: {exc}") from None
-    if not isinstance(data, dict):
-        raise SerfRPCError("'serf query' printed JSON that is not an object")
+    data = json_object(text, "serf query")
     acks = data.get("Acks") or []  # no node matched: "Acks": null
     responses = data.get("Responses") or {}
     if not isinstance(acks, list) or not all(isinstance(a, str) for a in acks):

@@ -100,14 +100,20 @@ def parse_members_json(text: bytes | str) -> tuple[tuple[Member, ...], tuple[str
     return snapshot.alive, snapshot.skipped
 
 
-def parse_snapshot(text: bytes | str) -> Snapshot:
-    """Parse `serf members -format json` output. Pure."""
+def json_object(text: bytes | str, command: str) -> dict[str, object]:
+    """What a `serf` command printed with `-format json`: an object, else a SerfRPCError."""
     try:
         data = json.loads(text)
     except ValueError as exc:
-        raise SerfRPCError(f"'serf members' printed invalid JSON: {exc}") from None
+        raise SerfRPCError(f"'{command}' printed invalid JSON: {exc}") from None
     if not isinstance(data, dict):
-        raise SerfRPCError("'serf members' printed JSON that is not an object")
+        raise SerfRPCError(f"'{command}' printed JSON that is not an object")
+    return data
+
+
+def parse_snapshot(text: bytes | str) -> Snapshot:
+    """Parse `serf members -format json` output. Pure."""
+    data = json_object(text, "serf members")
     raw_members = data.get("members") or []  # no match prints {"members": null}
     if not isinstance(raw_members, list):
         raise SerfRPCError("'serf members': 'members' is not a list")
