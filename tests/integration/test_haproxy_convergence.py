@@ -42,7 +42,9 @@ printf 'start %s\n' "$SERF_EVENT" >> "$3"
 err=$(mktemp)
 "$1" --config "$2" 2>"$err"
 code=$?
-{ printf 'run %s exit %s\\n' "$SERF_EVENT" "$code"; sed 's/^/  | /' "$err"; } >> "$3"
+# One append, ended by "end": a reader never takes a run whose stderr is still being written.
+record=$(printf 'run %s exit %s\\n' "$SERF_EVENT" "$code"; sed 's/^/  | /' "$err"; printf 'end')
+printf '%s\\n' "$record" >> "$3"
 cat "$err" >&2
 rm -f "$err"
 exit "$code"
@@ -70,13 +72,17 @@ def runs_log(lb: Site) -> Path:
 def runs(lb: Site) -> list[Run]:
     """Every serf-handle run the load balancer's agent finished, in order."""
     found: list[Run] = []
+    run: Run | None = None
     path = runs_log(lb)
     for line in path.read_text().splitlines() if path.exists() else []:
         if line.startswith("run "):
             _, event, _, code = line.split()
-            found.append(Run(event, int(code), []))
-        elif line.startswith("  | ") and found:
-            found[-1].stderr.append(line[4:])
+            run = Run(event, int(code), [])
+        elif line.startswith("  | ") and run is not None:
+            run.stderr.append(line[4:])
+        elif line == "end" and run is not None:
+            found.append(run)  # complete: its stderr is all there
+            run = None
     return found
 
 
@@ -84,7 +90,7 @@ def idle(lb: Site) -> bool:
     """No run under way: every run started has finished (Serf runs one at a time)."""
     path = runs_log(lb)
     lines = path.read_text().splitlines() if path.exists() else []
-    return sum(line.startswith("start ") for line in lines) == sum(line.startswith("run ") for line in lines)
+    return sum(line.startswith("start ") for line in lines) == sum(line == "end" for line in lines)
 
 
 def mark(lb: Site) -> int:
