@@ -17,14 +17,13 @@ error (Serf unreachable, unreadable output, no member has the role).
 from __future__ import annotations
 
 import re
-import subprocess
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import NamedTuple
 
 from ._log import escape
 from .errors import SerfRPCError
-from .members import json_object, read_members
+from .members import json_object, read_members, run_serf
 
 DEFAULT_ROLE = "lb"  # the role tag the images (SERF_ROLE) and the README give load balancers
 DEFAULT_QUERY = "backends"  # the haproxy handler's default `query`
@@ -166,16 +165,7 @@ def run_query(
     through the environment (SERF_RPC_AUTH in `env`), never the command line."""
     argv = query_argv(serf, query, role, rpc_addr, timeout, nodes)
     limit = DEFAULT_LIMIT if timeout is None else timeout + GRACE
-    try:
-        done = subprocess.run(argv, capture_output=True, timeout=limit, check=False, env=dict(env))
-    except FileNotFoundError:
-        raise SerfRPCError(f"cannot run {serf!r}: not found") from None
-    except subprocess.TimeoutExpired:
-        raise SerfRPCError(f"'serf query' did not finish within {limit:g} s") from None
-    if done.returncode != 0:
-        output = (done.stderr + done.stdout).decode("utf-8", "replace").strip()
-        raise SerfRPCError(f"'serf query' failed: {' '.join(output.split())[:300] or f'exit {done.returncode}'}")
-    return parse_query_output(done.stdout)
+    return parse_query_output(run_serf(argv, limit, env))
 
 
 def check(

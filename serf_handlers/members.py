@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import subprocess
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import MappingProxyType
 from typing import NamedTuple, overload
 
@@ -34,18 +34,27 @@ def read_members(
         argv.append(f"-rpc-addr={rpc_addr}")
     if rpc_auth:
         argv.append(f"-rpc-auth={rpc_auth}")
+    return parse_snapshot(run_serf(argv, timeout))
+
+
+def run_serf(argv: Sequence[str], timeout: float, env: Mapping[str, str] | None = None) -> bytes:
+    """Run a `serf` command (an argv, no shell, under `timeout`) and return what it printed;
+    any failure is one SerfRPCError naming the command."""
+    what = f"serf {argv[1]}"
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=timeout, check=False)
+        done = subprocess.run(
+            list(argv), capture_output=True, timeout=timeout, check=False, env=None if env is None else dict(env)
+        )
     except FileNotFoundError:
-        raise SerfRPCError(f"cannot run {serf!r}: not found") from None
+        raise SerfRPCError(f"cannot run {argv[0]!r}: not found") from None
     except subprocess.TimeoutExpired:
-        raise SerfRPCError(f"'serf members' did not answer within {timeout:g} s") from None
+        raise SerfRPCError(f"'{what}' did not answer within {timeout:g} s") from None
     if done.returncode != 0:
         # serf prints its errors on stdout ("Error connecting to Serf agent: ...").
         output = (done.stderr + done.stdout).decode("utf-8", "replace").strip()
         detail = " ".join(output.split())[:300] or f"exit {done.returncode}"
-        raise SerfRPCError(f"'serf members' failed: {detail}")
-    return parse_snapshot(done.stdout)
+        raise SerfRPCError(f"'{what}' failed: {detail}")
+    return done.stdout
 
 
 class Membership(Sequence[Member]):
