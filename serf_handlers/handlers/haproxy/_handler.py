@@ -51,7 +51,8 @@ class HAProxyHandler:
                                        # of its servers (a partition): failed ones beyond it stay
                                        # served, and HAProxy's health checks decide
             query: backends            # the query that answers with this load balancer's view
-                                       # (payload `digest`: one line for `serf-handle cluster-check`)
+                                       # (payload `digest`: one line for `serf-handle cluster-check`;
+                                       # `drained NODE`: one line, has it drained NODE?)
             check_path: null           # e.g. /healthz: HTTP health checks (2xx/3xx) instead of TCP
             check_inter: null          # ms between checks; null: 500 up to 500 servers, longer above
             backup: false              # keep the previous config as <config>.bak
@@ -83,15 +84,27 @@ class HAProxyHandler:
         if isinstance(event, MemberEvent):
             self._member_event(event)
         elif isinstance(event, Query) and event.name == self.options.query:
-            from ._report import DIGEST_PAYLOAD, digest_line, summary
-
-            if event.payload.strip() == DIGEST_PAYLOAD:  # `serf-handle cluster-check` asks
-                try:
-                    return digest_line(_state.load(self.options.state), self.options.backend)
-                except _state.StateError:
-                    return "error=state_unreadable\n"  # the asker names us; `reconcile` repairs it
-            return summary(_state.load(self.options.state), self.options.backend, reply_budget(event.node.name))
+            return self._query(event.payload, event.node.name)
         return None
+
+    def _query(self, payload: bytes, self_name: str) -> str:
+        """The reply to the `query` (`backends`): a readable list of the servers, or with the
+        payload `digest` one line for `serf-handle cluster-check`, or with `drained NODE` one
+        line saying whether this load balancer has drained NODE (a stopping web node asks)."""
+        from ._report import DIGEST_PAYLOAD, drained_node, summary
+
+        asked = drained_node(payload)
+        if asked is None and payload.strip() != DIGEST_PAYLOAD:
+            return summary(_state.load(self.options.state), self.options.backend, reply_budget(self_name))
+        if isinstance(asked, ValueError):  # untrusted: one line, never an exception
+            return f"error=bad_payload {asked}\n"
+        from ._report import digest_line, drained_line
+
+        try:
+            state = _state.load(self.options.state)
+        except _state.StateError:
+            return "error=state_unreadable\n"  # the asker names us; `reconcile` repairs it
+        return digest_line(state, self.options.backend) if asked is None else drained_line(state, asked)
 
     def reconcile(self, members: Sequence[Member]) -> None:
         """Make the servers exactly the alive `members` of our role (and the failed ones the

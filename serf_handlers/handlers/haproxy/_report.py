@@ -121,3 +121,55 @@ def digest_line(state: State, default_backend: str) -> str:
     backends = len(by_backend(state.servers, default_backend))
     kept = sum(1 for s in state.servers.values() if s.failed)
     return f"digest={digest} servers={len(state.servers)} backends={backends} kept_failed={kept}\n"
+
+
+# `drained NODE`: a web node that is stopping asks every load balancer whether it has drained
+# it (docker/common/serf-drain.sh), and leaves only once all of them say yes (or a timeout).
+DRAINED_PAYLOAD = b"drained"
+MAX_NODE_BYTES = 512  # far above any real node name, well below Serf's 1 KiB query limit
+_DRAINED = ("drain", "maint")
+
+
+def drained_node(payload: bytes) -> str | ValueError | None:
+    """The node a `drained NODE` payload asks about (exact: Serf node names may hold spaces);
+    None when the payload is another form; a ValueError (returned, not raised) saying what is
+    wrong with a malformed one. NODE is untrusted: UTF-8, 1-512 bytes, no control characters."""
+    body = payload[:-1] if payload.endswith(b"\n") else payload  # Serf appends one newline
+    after = body[len(DRAINED_PAYLOAD) : len(DRAINED_PAYLOAD) + 1]
+    if not body.startswith(DRAINED_PAYLOAD) or (after and not after.isspace()):
+        return None  # another word ("drainedx", "digest", ""): not this form
+    raw = body[len(DRAINED_PAYLOAD) + 1 :]
+    if after != b" " or not raw:
+        return ValueError("expected: drained NODE")
+    if len(raw) > MAX_NODE_BYTES:
+        return ValueError(f"node name over {MAX_NODE_BYTES} bytes")
+    try:
+        node = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return ValueError("node name is not UTF-8")
+    if any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in node):
+        return ValueError("control character in node name")
+    return node
+
+
+def drained_line(state: State, node: str) -> str:
+    """`drained=yes|no ...`: whether this load balancer's HAProxy gives `node` no new requests.
+
+    Yes when the node's server is wanted in `drain` or `maint` and HAProxy was brought there
+    (the state's `applied`), or when HAProxy has no server for it (`absent`: never served,
+    already removed, or skipped). No while its server is `ready`, while the change is not
+    applied yet (`applying`, retried by the next run), or when what HAProxy runs is unknown.
+    One short line whatever the node; nothing of the asker's text is echoed."""
+    wanted = state.servers.get(node)
+    if state.applied is None:
+        return "drained=no state=unknown\n"
+    applied = state.applied.get(node)
+    if wanted is None:
+        if applied is not None and applied.admin not in _DRAINED:
+            return "drained=no state=removing\n"
+        return "drained=yes absent\n"
+    if wanted.admin not in _DRAINED:
+        return f"drained=no state={wanted.admin}\n"
+    if applied is not None and applied.admin not in _DRAINED:
+        return f"drained=no state={wanted.admin} applying\n"
+    return f"drained=yes state={wanted.admin}\n"
