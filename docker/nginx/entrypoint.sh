@@ -1,7 +1,8 @@
 #!/bin/bash
 # Web-node entrypoint: write a page that names this node (unless a real site has been
 # mounted over /var/www/html), check the nginx config, then hand over to supervisord
-# (nginx, then the serf agent; on stop: serf leaves, a grace pause, then nginx).
+# (nginx, then the serf agent; on stop: every load balancer drains this node, serf
+# leaves, then nginx stops: see supervisor/serf-drain.conf).
 set -euo pipefail
 umask 022
 
