@@ -1,14 +1,18 @@
 """`make bench`: measure what users feel, and regenerate BENCHMARKS.md from the figures.
 
-    python -m bench                 all six sections (about 7 minutes on 2 cores)
+    python -m bench                 all eight sections (about 30 minutes on 2 cores)
     python -m bench --only 2        one section (or --only 1,3); the others are kept
     python -m bench --quick         fewer rounds, shorter runs; prints, writes nothing
+    python -m bench --only 7,8 --small   sections 7 and 8 at small sizes; prints, writes nothing
 
 Run from the repository root (the measuring is in per_event, scale, churn, convergence,
-drain and tls, the Markdown in report.py).
+drain, tls, agents and replay, the Markdown in report.py).
 
 Sections: 1 per-event cost, 2 scale, 3 churn under load, 4 convergence, 5 drain under load,
-6 TLS termination (HTTPS against plain HTTP, certificate renewal under load).
+6 TLS termination (HTTPS against plain HTTP, certificate renewal under load), 7 real serf
+agents (50, 100, 200 web nodes), 8 replayed events of 200 to 5,000 members against a real
+HAProxy. `--small` runs 7 and 8 at sizes a shared machine can take while others work on it
+(agents 10 and 20, members 100 and 500), and writes nothing.
 It reports and never asserts a target: a missed target is a figure in the report. It
 fails (exit 1) only when the benchmark itself could not run (e.g. a check that a timed
 event really changed HAProxy did not hold). Every process it starts is stopped by PID.
@@ -28,29 +32,34 @@ from pathlib import Path
 
 from support.processes import require
 
-from . import churn, convergence, drain, per_event, scale, tls
+from . import agents, churn, convergence, drain, per_event, replay, scale, tls
 from .procs import REPO, make_install, open_to_all, tempdir
 from .report import (
     DOC,
     TITLES,
     environment,
+    format_agents,
     format_churn,
     format_convergence,
     format_drain,
     format_per_event,
+    format_replay,
     format_scale,
     format_tls,
     update_doc,
 )
 
-SECTIONS = ("1", "2", "3", "4", "5", "6")
+SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "8")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", default=None, metavar="N[,N]",
-                        help="run only these sections (1 per-event, 2 scale, 3 churn, 4 convergence, 5 drain, 6 TLS)")
+                        help="run only these sections (1 per-event, 2 scale, 3 churn, 4 convergence, 5 drain, 6 TLS, "
+                        "7 real agents, 8 replay)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run; prints, does not write BENCHMARKS.md")
+    parser.add_argument("--small", action="store_true",
+                        help="sections 7 and 8 at small sizes (agents 10, 20; members 100, 500); writes nothing")
     parser.add_argument("--no-write", action="store_true", help="print the results, do not touch BENCHMARKS.md")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) for inspection")
     args = parser.parse_args(argv)
@@ -58,9 +67,11 @@ def main(argv: list[str] | None = None) -> int:
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {unknown}: expected some of {', '.join(SECTIONS)}")
-    write = not (args.quick or args.no_write)
-    command = "make bench" if only == list(SECTIONS) and not args.quick else "python -m bench" + (
-        f" --only {','.join(only)}" if only != list(SECTIONS) else "") + (" --quick" if args.quick else "")
+    write = not (args.quick or args.small or args.no_write)
+    command = "make bench" if only == list(SECTIONS) and not (args.quick or args.small) else "python -m bench" + (
+        f" --only {','.join(only)}" if only != list(SECTIONS) else "") + (" --quick" if args.quick else "") + (
+        " --small" if args.small else "")
+    small = args.small or args.quick  # the quick smoke run cannot afford 200 agents or 5,000 members
 
     require("serf", "haproxy", "nginx", "wrk", "ruby", *(["openssl"] if "6" in only else []))
     began = time.monotonic()
@@ -82,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
             "6": lambda d: format_tls(tls.run(venv_bin, d, rounds=1 if args.quick else tls.ROUNDS,
                                               duration=2 if args.quick else tls.DURATION,
                                               renewals=1 if args.quick else tls.RENEWALS)),
+            "7": lambda d: format_agents(agents.run(venv_bin, d, sizes=agents.SMALL_SIZES if small else agents.SIZES,
+                                                    churn_seconds=8 if args.quick else agents.CHURN_SECONDS)),
+            "8": lambda d: format_replay(replay.run(venv_bin, d, rounds=1 if args.quick else replay.ROUNDS,
+                                                    sizes=replay.SMALL_SIZES if small else replay.SIZES,
+                                                    cpu_window=3 if args.quick else replay.CPU_SECONDS)),
         }
         for section in only:
             started = time.monotonic()

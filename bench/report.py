@@ -5,6 +5,7 @@ hand-written text around it is left alone)."""
 from __future__ import annotations
 
 import datetime
+import math
 import platform
 import re
 import statistics
@@ -21,6 +22,8 @@ TITLES = {
     "4": "4. Convergence",
     "5": "5. Drain, maintenance and back under load",
     "6": "6. TLS termination",
+    "7": "7. Real serf agents: 50, 100 and 200 web nodes",
+    "8": "8. Replayed events: 200, 1,000 and 5,000 members against a real HAProxy",
 }
 
 
@@ -409,4 +412,189 @@ def format_tls(r: dict[str, Any]) -> str:
                    f"(one per renewal: {verdict(fallback['reloads'] == len(fallback['renewals']))}).")
     errors = ", ".join(f"{mode} {one['handler_errors']}" for mode, one in renewal.items())
     out.append(f"- Handler errors logged: {errors}.")
+    return "\n".join(out) + "\n"
+
+
+# --- section 7 ---------------------------------------------------------------------------
+
+
+def _med_max(values: list[float], scale: float = 1.0) -> str:
+    if not values:
+        return "–"
+    med, top = statistics.median(values) * scale, max(values) * scale
+    return f"{ms(med)} ({ms(top)})" if scale == 1000 else f"{med:.2f} ({top:.2f})"
+
+
+def _seconds(value: float | None, limit: float) -> str:
+    return f"{value:.2f}" if value is not None else f"not within {limit:g} s"
+
+
+def format_agents(r: dict[str, Any]) -> str:
+    sizes = r["sizes"]
+    per = {int(n): one for n, one in r["per_size"].items()}
+    out = [
+        f"Real `serf agent`s on loopback (Serf's default LAN timing), one nginx answering on all their ports, the "
+        f"load balancer in runtime-API mode (the `lb` agent runs `serf-handle`). A light load of {r['rate']:.0f} "
+        f"requests a second (each on a fresh connection) runs through HAProxy during the mass leave and the churn; "
+        f"churn: {r['churn_rate']:g} changes a second for {r['churn_seconds']:g} s (a random alive agent leaves, or "
+        "a departed one rejoins under its name and ports). Seconds unless marked; median (max).\n",
+        "| agents | all N UP in HAProxy after the last start | haproxy handler per event: ms (events) "
+        "| mass leave of N/2: HAProxy follows after | churn: change → Serf delivered | churn: change → handled "
+        "| `reconcile`: ms, live = alive members | failed requests: leave / churn | reloads "
+        "| load average: after start / leave / churn |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in sizes:
+        one = per[n]
+        runs = [t for t, _m in one["start_runs"] + one["leave_runs"] + one["churn_runs"]]
+        up = _seconds(one["all_up"], 120) + ("" if one["up_count"] == n else f" ({one['up_count']} of {n} UP)")
+        out.append(
+            f"| {n} | {up} | {_med_max(runs, 1000)} ({len(runs)}) | {_seconds(one['leave_live'], 60)} "
+            f"| {_med_max(one['lags']['delivered'])} | {_med_max(one['lags']['handled'])} "
+            f"| {ms(one['reconcile_s'] * 1000)}, {'yes' if one['reconcile_correct'] else 'NO'} "
+            f"| {one['leave']['failed']} / {one['churn']['failed']} | {one['reloads']} "
+            f"| {one['load_after_start']:.1f} / {one['load_after_leave']:.1f} / {one['load_after_churn']:.1f} |"
+        )
+    kinds = sorted({kind for n in sizes for kind in per[n]["serf_lines"]})
+    out += [
+        "",
+        "**Serf's own trouble**, from every agent's log (WARN and ERR lines, by kind: lines, and agents that logged "
+        "one), and what the load balancer saw:\n",
+        "| agents | " + " | ".join([*kinds, "members reported failed", "changes superseded / never handled",
+                                     "mass leave: events delivered to `lb`: after s (members)"]) + " |",
+        "|---:|" + "---:|" * (len(kinds) + 3),
+    ]
+    for n in sizes:
+        one = per[n]
+        cells = [f"{one['serf_lines'].get(k, 0)} ({one['serf_agents'].get(k, 0)})" for k in kinds]
+        events = [f"{t:.1f} ({m})" for t, m in one["leave_delivered"]]
+        delivered = ", ".join(events if len(events) <= 4 else [*events[:2], "…", events[-1]]) or "–"
+        delivered += f"; {len(events)} events" if len(events) > 4 else ""
+        cells += [str(one["failed_members"]), f"{one['lag_superseded']} / {one['lag_missed']}", delivered]
+        out.append(f"| {n} | " + " | ".join(cells) + " |")
+    failed = sum(per[n]["leave"]["failed"] + per[n]["churn"]["failed"] for n in sizes)
+    reloads = sum(per[n]["reloads"] for n in sizes)
+    correct = all(per[n]["reconcile_correct"] and per[n]["reconcile_exit"] == 0 for n in sizes)
+    requests = sum(per[n]["leave"]["requests"] + per[n]["churn"]["requests"] for n in sizes)
+    examples = [f"`{e}`" for n in sizes for e in per[n]["serf_examples"]][:6]
+    out += [
+        "",
+        f"- Failed requests: **{failed}** of {requests:,} (target 0: {verdict(failed == 0)}); reloads: **{reloads}** "
+        f"(target 0: {verdict(reloads == 0)}); handler errors logged: "
+        + ", ".join(f"{per[n]['handler_errors']} at {n}" for n in sizes) + "; deletions deferred (connections still "
+        "open): " + ", ".join(f"{per[n]['deferred_deletions']} at {n}" for n in sizes) + ".",
+        f"- After the churn, `serf-handle reconcile` left HAProxy's live servers equal to the alive web members at "
+        f"every size: {verdict(correct)} (alive at the end: "
+        + ", ".join(f"{per[n]['alive_at_end']} of {n}" for n in sizes) + ").",
+        "- Churn lag is mostly Serf's: it delivers member events in batches (a 1 s quiet period, at most 3 s), and "
+        "a graceful leave first waits for its broadcast. A change superseded by the same node's next change before "
+        "Serf delivered it is never delivered on its own (Serf keeps a node's latest state), so it has no lag.",
+        "- A leaving agent that does not finish its leave within Serf's graceful timeout (3 s) logs \"Shutdown "
+        "without a Leave\"; the others then see its leave only through failure detection, seconds later: the late "
+        "entries in the mass-leave delivery column.",
+    ]
+    if examples:
+        out.append("- Examples: " + "; ".join(examples) + ".")
+    dead = {n: per[n]["died_at_start"] for n in sizes if per[n]["died_at_start"]}
+    if dead:
+        out.append("- Agents that exited during the start: " + "; ".join(f"{len(v)} at {n}" for n, v in dead.items())
+                   + ".")
+    return "\n".join(out) + "\n"
+
+
+# --- section 8 ---------------------------------------------------------------------------
+
+
+def _growth(n1: int, v1: float, n2: int, v2: float, to: int = 10_000) -> tuple[float, float]:
+    """(exponent b of value ∝ size^b between two sizes, the value projected to `to`)."""
+    if v1 <= 0 or v2 <= 0:
+        return float("nan"), float("nan")
+    b = math.log(v2 / v1) / math.log(n2 / n1)
+    return b, v2 * (to / n2) ** b
+
+
+def format_replay(r: dict[str, Any]) -> str:
+    sizes = [int(n) for n in r["sizes"]]
+    per = {int(n): one for n, one in r["per_size"].items()}
+
+    def med(n: int, key: str) -> float:
+        return float(statistics.median(per[n]["times"][key]))
+
+    out = [
+        f"The real `serf-handle` (one process per event, as Serf runs it) and a real HAProxy in runtime-API mode; no "
+        f"Serf: each event's member lines are fed on stdin with `SERF_EVENT` set. The N members point in turn at "
+        f"{r['ports']} local nginx ports, so every server is real and healthy. Median of {r['rounds']} rounds, "
+        "seconds unless marked; the reconciles use a fake `serf members` listing the N members.\n",
+        "| members | storm: join of N into an empty backend | mass leave of N/2 | re-join of those N/2 "
+        "| small event (1–10 members): ms, median (max) | fresh reconcile (no state, HAProxy empty) "
+        "| restart reconcile (no state, HAProxy has all N) | handler CPU per member in the storm: µs |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in sizes:
+        small = per[n]["times"]["small"]
+        out.append(
+            f"| {n:,} | {med(n, 'storm'):.2f} | {med(n, 'leave'):.2f} | {med(n, 'rejoin'):.2f} "
+            f"| {ms(statistics.median(small) * 1000)} ({ms(max(small) * 1000)}) | {med(n, 'fresh'):.2f} "
+            f"| {med(n, 'restart'):.2f} | {per[n]['cpu_per_member_us']:,.0f} |"
+        )
+    out += [
+        "",
+        f"With all N servers and no traffic, over {r['cpu_seconds']:g} s: the CPU of HAProxy's worker (its health "
+        "checks) and of nginx (answering them), from `/proc/PID/stat`; `show servers state` and `haproxy -c` of the "
+        "N-server config each timed alone (median of 3): the handler pays the first twice per change (before, and "
+        "after to save HAProxy's state) and the second once. The small events and the leave and re-join ran under "
+        f"{r['rate']:.0f} requests a second, each on a fresh connection.\n",
+        "| members | check interval: ms | HAProxy worker: % of one core | nginx: % | `show servers state`: ms "
+        "| `haproxy -c`: ms | failed requests | reloads | runtime-API changes |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for n in sizes:
+        one = per[n]
+        out.append(
+            f"| {n:,} | {one['check_inter_ms']:,} | {one['cpu']['haproxy']:.1f} | {one['cpu']['nginx']:.1f} "
+            f"| {ms(one['breakdown']['show_servers_state'] * 1000)} | {ms(one['breakdown']['haproxy_c'] * 1000)} "
+            f"| {one['failed']} of {one['requests']:,} | {one['reloads']} | {one['runtime_changes']} |"
+        )
+    failed = sum(per[n]["failed"] for n in sizes)
+    reloads = sum(per[n]["reloads"] for n in sizes)
+    out += [
+        "",
+        f"- Failed requests during the leaves, re-joins and small events: **{failed}** (target 0: "
+        f"{verdict(failed == 0)}); reloads: **{reloads}** (target 0 in runtime-API mode: {verdict(reloads == 0)}).",
+    ]
+    if 1000 in per:
+        worst = max(med(1000, "storm"), med(1000, "leave"))
+        out.append(f"- 1,000 members in one event: join {med(1000, 'storm'):.2f} s, leave of 500 "
+                   f"{med(1000, 'leave'):.2f} s (target ≤ 0.5 s: {verdict(worst <= 0.5)}).")
+    if 5000 in per:
+        worst = max(med(5000, "storm"), med(5000, "leave"))
+        out.append(f"- 5,000 members in one event: join {med(5000, 'storm'):.2f} s, leave of 2,500 "
+                   f"{med(5000, 'leave'):.2f} s (target ≤ 3 s: {verdict(worst <= 3)}); fresh reconcile "
+                   f"{med(5000, 'fresh'):.2f} s (target ≤ 5 s: {verdict(med(5000, 'fresh') <= 5)}); health checks "
+                   f"{per[5000]['cpu']['haproxy']:.1f} % of one core (target under ~10 %: "
+                   f"{verdict(per[5000]['cpu']['haproxy'] < 10)}).")
+    worries = sorted({w for n in sizes for w in per[n]["worries"]})
+    out.append("- Handler warnings and errors logged: " + ("; ".join(f"`{w}`" for w in worries[:5]) or "none") + ".")
+    if len(sizes) >= 2:
+        n1, n2 = sizes[-2], sizes[-1]
+        b, storm10 = _growth(n1, med(n1, "storm"), n2, med(n2, "storm"))
+        _bl, leave10 = _growth(n1, med(n1, "leave"), n2, med(n2, "leave"))
+        _bf, fresh10 = _growth(n1, med(n1, "fresh"), n2, med(n2, "fresh"))
+        bd1, bd2 = per[n1]["breakdown"], per[n2]["breakdown"]
+        _bs, show10 = _growth(n1, bd1["show_servers_state"], n2, bd2["show_servers_state"])
+        _bc, check10 = _growth(n1, bd1["haproxy_c"], n2, bd2["haproxy_c"])
+        parts = {"`haproxy -c`": check10, "`show servers state` (twice)": 2 * show10}
+        parts["the rest (Python: parsing, planning, rendering, the runtime batch, logging, state)"] = max(
+            0.0, storm10 - sum(parts.values()))
+        biggest = max(parts, key=lambda k: parts[k])
+        # Health checks: about n / interval checks a second (the interval stops growing at 5 s).
+        rate2 = n2 / per[n2]["check_inter_ms"]
+        cpu10 = per[n2]["cpu"]["haproxy"] * (10_000 / 5000) / rate2 if rate2 else float("nan")
+        out += [
+            f"- **Projection to 10,000 members** (each figure fitted as ∝ N^b from {n1:,} → {n2:,}): storm "
+            f"{storm10:.1f} s (b = {b:.2f}), leave of 5,000 {leave10:.1f} s, fresh reconcile {fresh10:.1f} s. "
+            "Of the storm, " + ", ".join(f"{k} ≈ {v:.1f} s" for k, v in parts.items())
+            + f": the next bottleneck is {biggest}. Health checks at 10,000 servers (interval 5 s: 2,000 checks "
+            f"a second): about {cpu10:.0f} % of one core.",
+        ]
     return "\n".join(out) + "\n"
