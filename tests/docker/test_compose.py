@@ -2,7 +2,9 @@
 
     docker-compose up -d --build --scale web=3     # as the README gives it
     traffic reaches all three web nodes
-    docker-compose up -d --scale web=1             # under load: 0 failed requests
+    docker-compose up -d --scale web=1             # under load: 0 failed requests; each
+                                                   # removed node logged that the load
+                                                   # balancer had drained it before it left
     docker-compose down                            # nothing it created is left
 
 The images build from the local debian:bookworm-slim (conftest.py makes it when there is
@@ -18,9 +20,10 @@ import base64
 import json
 import os
 import secrets
+import subprocess
 import time
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,6 +77,23 @@ class Compose:
 
     def logs(self) -> str:
         return container_logs(left_behind()[0])
+
+
+@contextmanager
+def following(container: str, path: Path) -> Iterator[Path]:
+    """`docker logs -f` of a container into `path` (it ends when the container is removed);
+    stopped by its PID at the end."""
+    with open(path, "wb") as out:
+        proc = subprocess.Popen(["docker", "logs", "-f", container], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    try:
+        yield path
+    finally:
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait(10)
 
 
 def left_behind() -> tuple[list[str], list[str], list[str]]:
@@ -133,10 +153,14 @@ def test_up_with_three_web_nodes_serves_all_three(compose: Compose) -> None:
     print(f"all three web nodes in rotation {time.monotonic() - started:.1f} s after `up`")
 
 
-def test_scaling_down_to_one_under_load_fails_no_request(compose: Compose) -> None:
+def test_scaling_down_to_one_under_load_fails_no_request(compose: Compose, tmp_path: Path) -> None:
     before = compose.hostnames("web")
     assert len(before) == 3
+    logs: dict[str, Path] = {}
     with ExitStack() as stack:
+        for container in compose.containers("web"):
+            hostname = run("docker", "inspect", "-f", "{{.Config.Hostname}}", container).stdout.strip()
+            logs[hostname] = stack.enter_context(following(container, tmp_path / f"{hostname}.log"))
         loads = [stack.enter_context(Load(compose.url, max_seconds=LOAD_SECONDS)) for _ in range(LOADERS)]
         time.sleep(2)
         started = time.monotonic()
@@ -158,6 +182,12 @@ def test_scaling_down_to_one_under_load_fails_no_request(compose: Compose) -> No
     assert gone <= set(during), "the removed nodes served nothing while they were stopping"
     assert not [node for t, node in answers if t > scaled and node in gone]
     assert scaled - started < 30, f"the scale-down took {scaled - started:.1f} s"
+    # Each removed node waited, before serf left, until the load balancer said it had drained it.
+    drains = {node: [line for line in logs[node].read_text(errors="replace").splitlines() if "serf-drain:" in line]
+              for node in gone}
+    print("\n".join(f"{node}: {' | '.join(lines)}" for node, lines in sorted(drains.items())))
+    for node, lines in drains.items():
+        assert any("drained by 1 of 1 load balancer(s) after" in line for line in lines), (node, lines)
     # They are gone from the cluster, and the load balancer serves the one that is left. Most
     # leave gracefully; on a loaded machine Serf may give up on a leave ("Shutdown without a
     # Leave") and report the node failed instead: no request may fail either way (above).
