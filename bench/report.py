@@ -438,18 +438,22 @@ def format_agents(r: dict[str, Any]) -> str:
         f"requests a second (each on a fresh connection) runs through HAProxy during the mass leave and the churn; "
         f"churn: {r['churn_rate']:g} changes a second for {r['churn_seconds']:g} s (a random alive agent leaves, or "
         "a departed one rejoins under its name and ports). Seconds unless marked; median (max).\n",
-        "| agents | all N UP in HAProxy after the last start | haproxy handler per event: ms (events) "
+        "| agents | all N UP in HAProxy after the last start | haproxy handler per event: ms; events "
+        "| largest event: members, ms "
         "| mass leave of N/2: HAProxy follows after | churn: change → Serf delivered | churn: change → handled "
         "| `reconcile`: ms, live = alive members | failed requests: leave / churn | reloads "
         "| load average: after start / leave / churn |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in sizes:
         one = per[n]
-        runs = [t for t, _m in one["start_runs"] + one["leave_runs"] + one["churn_runs"]]
+        every = one["start_runs"] + one["leave_runs"] + one["churn_runs"]
+        runs = [t for t, _m in every]
+        largest = max(every, key=lambda run: run[1]) if every else (0.0, 0)
         up = _seconds(one["all_up"], 120) + ("" if one["up_count"] == n else f" ({one['up_count']} of {n} UP)")
         out.append(
-            f"| {n} | {up} | {_med_max(runs, 1000)} ({len(runs)}) | {_seconds(one['leave_live'], 60)} "
+            f"| {n} | {up} | {_med_max(runs, 1000)}; {len(runs)} | {largest[1]}, {ms(largest[0] * 1000)} "
+            f"| {_seconds(one['leave_live'], 60)} "
             f"| {_med_max(one['lags']['delivered'])} | {_med_max(one['lags']['handled'])} "
             f"| {ms(one['reconcile_s'] * 1000)}, {'yes' if one['reconcile_correct'] else 'NO'} "
             f"| {one['leave']['failed']} / {one['churn']['failed']} | {one['reloads']} "
@@ -476,7 +480,11 @@ def format_agents(r: dict[str, Any]) -> str:
     reloads = sum(per[n]["reloads"] for n in sizes)
     correct = all(per[n]["reconcile_correct"] and per[n]["reconcile_exit"] == 0 for n in sizes)
     requests = sum(per[n]["leave"]["requests"] + per[n]["churn"]["requests"] for n in sizes)
-    examples = [f"`{e}`" for n in sizes for e in per[n]["serf_examples"]][:6]
+    first: dict[str, str] = {}  # one example of each kind
+    for n in sizes:
+        for example in per[n]["serf_examples"]:
+            first.setdefault(example.split(":", 1)[0], f"`{example}`")
+    examples = list(first.values())
     out += [
         "",
         f"- Failed requests: **{failed}** of {requests:,} (target 0: {verdict(failed == 0)}); reloads: **{reloads}** "
@@ -539,19 +547,19 @@ def format_replay(r: dict[str, Any]) -> str:
         )
     out += [
         "",
-        f"With all N servers and no traffic, over {r['cpu_seconds']:g} s: the CPU of HAProxy's worker (its health "
-        "checks) and of nginx (answering them), from `/proc/PID/stat`; `show servers state` and `haproxy -c` of the "
+        f"With all N servers and no traffic, over {r['cpu_seconds']:g} s: the CPU of HAProxy's worker, i.e. its TCP "
+        "health checks (`/proc/PID/stat`); `show servers state` and `haproxy -c` of the "
         "N-server config each timed alone (median of 3): the handler pays the first twice per change (before, and "
         "after to save HAProxy's state) and the second once. The small events and the leave and re-join ran under "
         f"{r['rate']:.0f} requests a second, each on a fresh connection.\n",
-        "| members | check interval: ms | HAProxy worker: % of one core | nginx: % | `show servers state`: ms "
+        "| members | check interval: ms | HAProxy worker: % of one core | `show servers state`: ms "
         "| `haproxy -c`: ms | failed requests | reloads | runtime-API changes |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for n in sizes:
         one = per[n]
         out.append(
-            f"| {n:,} | {one['check_inter_ms']:,} | {one['cpu']['haproxy']:.1f} | {one['cpu']['nginx']:.1f} "
+            f"| {n:,} | {one['check_inter_ms']:,} | {one['cpu']['haproxy']:.1f} "
             f"| {ms(one['breakdown']['show_servers_state'] * 1000)} | {ms(one['breakdown']['haproxy_c'] * 1000)} "
             f"| {one['failed']} of {one['requests']:,} | {one['reloads']} | {one['runtime_changes']} |"
         )
@@ -560,7 +568,9 @@ def format_replay(r: dict[str, Any]) -> str:
     out += [
         "",
         f"- Failed requests during the leaves, re-joins and small events: **{failed}** (target 0: "
-        f"{verdict(failed == 0)}); reloads: **{reloads}** (target 0 in runtime-API mode: {verdict(reloads == 0)}).",
+        f"{verdict(failed == 0)}); reloads: **{reloads}** (target 0 in runtime-API mode: {verdict(reloads == 0)}). "
+        "Servers a removal left in maintenance because connections were still open (deleted by a later run), "
+        "the most at any check: " + ", ".join(f"{per[n].get('deferred', 0)} at {n:,}" for n in sizes) + ".",
     ]
     if 1000 in per:
         worst = max(med(1000, "storm"), med(1000, "leave"))
@@ -573,6 +583,12 @@ def format_replay(r: dict[str, Any]) -> str:
                    f"{med(5000, 'fresh'):.2f} s (target ≤ 5 s: {verdict(med(5000, 'fresh') <= 5)}); health checks "
                    f"{per[5000]['cpu']['haproxy']:.1f} % of one core (target under ~10 %: "
                    f"{verdict(per[5000]['cpu']['haproxy'] < 10)}).")
+    if len(sizes) >= 2:
+        n1, n2 = sizes[0], sizes[-1]
+        cpu1, cpu2 = (per[n]["cpu_per_member_us"] * n for n in (n1, n2))
+        out.append(f"- Handler CPU per member includes the fixed cost of a run (start-up, one `haproxy -c`); "
+                   f"each member added from {n1:,} to {n2:,} cost {(cpu2 - cpu1) / (n2 - n1):,.0f} µs more "
+                   f"(storm CPU {cpu1 / 1e6:.2f} s at {n1:,}, {cpu2 / 1e6:.2f} s at {n2:,}).")
     worries = sorted({w for n in sizes for w in per[n]["worries"]})
     out.append("- Handler warnings and errors logged: " + ("; ".join(f"`{w}`" for w in worries[:5]) or "none") + ".")
     if len(sizes) >= 2:
@@ -587,14 +603,15 @@ def format_replay(r: dict[str, Any]) -> str:
         parts["the rest (Python: parsing, planning, rendering, the runtime batch, logging, state)"] = max(
             0.0, storm10 - sum(parts.values()))
         biggest = max(parts, key=lambda k: parts[k])
-        # Health checks: about n / interval checks a second (the interval stops growing at 5 s).
-        rate2 = n2 / per[n2]["check_inter_ms"]
-        cpu10 = per[n2]["cpu"]["haproxy"] * (10_000 / 5000) / rate2 if rate2 else float("nan")
+        # Health checks: N / interval checks a second; the interval stops growing at 5 s, so
+        # 10,000 servers are checked 2,000 times a second.
+        checks2 = n2 * 1000 / per[n2]["check_inter_ms"]
+        cpu10 = per[n2]["cpu"]["haproxy"] * 2000 / checks2
         out += [
             f"- **Projection to 10,000 members** (each figure fitted as ∝ N^b from {n1:,} → {n2:,}): storm "
             f"{storm10:.1f} s (b = {b:.2f}), leave of 5,000 {leave10:.1f} s, fresh reconcile {fresh10:.1f} s. "
             "Of the storm, " + ", ".join(f"{k} ≈ {v:.1f} s" for k, v in parts.items())
             + f": the next bottleneck is {biggest}. Health checks at 10,000 servers (interval 5 s: 2,000 checks "
-            f"a second): about {cpu10:.0f} % of one core.",
+            f"a second, against {checks2:,.0f} at {n2:,}): about {cpu10:.0f} % of one core.",
         ]
     return "\n".join(out) + "\n"
