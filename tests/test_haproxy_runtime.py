@@ -7,15 +7,17 @@ from __future__ import annotations
 import shutil
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TextIO
 
 import pytest
 
 from serf_handlers import _log
 from serf_handlers.errors import ConfigError
 from serf_handlers.events import Member
-from serf_handlers.handlers.haproxy import _state
+from serf_handlers.handlers.haproxy import _runtime, _state
 from serf_handlers.handlers.haproxy._runtime import filter_server_state
 from tests.test_haproxy_handler import Env, web
 
@@ -31,6 +33,9 @@ def fresh_log() -> None:
 # --- the runtime API, against a fake admin socket --------------------------------------
 
 
+HANG = 1.0  # seconds a hanging connection stays silent
+
+
 class FakeAdmin:
     """Answers HAProxy 2.6 runtime API commands the way the real one does, for a few backends."""
 
@@ -42,6 +47,8 @@ class FakeAdmin:
         self.static: set[str] = set()  # backends with a non-dynamic balance algorithm
         self.busy: set[str] = set()  # servers whose deletion is refused (connections open)
         self.servers: dict[str, dict[str, str]] = {}
+        self.hang_on: str | None = None  # a command this HAProxy never answers (starved) ...
+        self.hangs = 0  # ... on this many connections
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         self._sock.bind(path)
         self._sock.listen(16)
@@ -62,23 +69,42 @@ class FakeAdmin:
             except TimeoutError:
                 continue
             self.connections += 1
-            with conn:
-                data = b""
-                while chunk := conn.recv(4096):
-                    data += chunk
-                conn.sendall(self.session(data.decode()).encode())
+            if self.hangs:  # a hanging connection must not hold up the client's next try
+                threading.Thread(target=self._connection, args=(conn,), daemon=True).start()
+            else:
+                self._connection(conn)
 
-    def session(self, text: str) -> str:
-        """One command, or HAProxy's interactive mode: "prompt", commands, "quit"."""
-        lines = text.split("\n")
-        if lines[0] != "prompt":
-            return self.answer(text.strip())
-        out = "\n> "
-        for line in lines[1:]:
-            if line == "quit":
-                break
-            out += self.answer(line) + "\n> "
-        return out
+    def _connection(self, conn: socket.socket) -> None:
+        with conn:
+            # Two files: a text file's write drops what it had read ahead.
+            self.session(conn.makefile("r", encoding="ascii", newline="\n"), conn.makefile("w", encoding="ascii"))
+
+    def session(self, lines: TextIO, out: TextIO) -> None:
+        """As HAProxy: one command, then close; or after "prompt" (interactive mode), a
+        prompt, then each command's reply as soon as its line arrives, until "quit"."""
+        first = lines.readline().rstrip("\n")
+        if first != "prompt":
+            if self._hang(first, lines):
+                return
+            out.write(self.answer(first.strip()))
+            out.flush()
+            return
+        out.write("\n> ")
+        out.flush()
+        for line in lines:
+            if line.rstrip("\n") == "quit":
+                return
+            if self._hang(line, lines):
+                return
+            out.write(self.answer(line.rstrip("\n")) + "\n> ")
+            out.flush()
+
+    def _hang(self, command: str, lines: TextIO) -> bool:
+        if not (self.hangs and self.hang_on is not None and command.startswith(self.hang_on)):
+            return False
+        self.hangs -= 1
+        time.sleep(HANG)  # silent, longer than the client waits (`quick_timeouts`)
+        return True
 
     def answer(self, command: str) -> str:
         self.commands.append(command)
@@ -308,3 +334,55 @@ def test_filter_server_state_keeps_a_drained_server_drained() -> None:
         "r": Server("r", "r", "10.0.0.2", 80, 1, "web", {}),  # drained by hand: not brought back
     }
     assert filter_server_state(text, servers).splitlines() == ["1", header, "3 web 1 d 10.0.0.1 2 8 5 80"]
+
+
+# --- a slow or starved admin socket -------------------------------------------------------
+
+
+@pytest.fixture
+def quick_timeouts(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_runtime, "TIMEOUT", 0.3)
+    monkeypatch.setattr(_runtime, "BACKOFF", (0.01,))
+
+
+def test_a_batch_longer_than_a_chunk_goes_on_one_connection_in_order(live: tuple[Env, FakeAdmin]) -> None:
+    _env, admin = live
+    n = 2 * _runtime.CHUNK + 50
+    client = _runtime.Client(admin.path)
+    adds = [f"add server web/s{i} 10.0.{i >> 8}.{i & 255}:80 weight 1" for i in range(n)]
+    assert client.batch(adds) == ["New server registered."] * n
+    weights = [f"set weight web/s{i} {i % 7 + 1}" for i in range(n)]
+    assert client.batch([*weights, "set weight web/nosuch 2"]) == [""] * n + ["No such server."]
+    assert admin.connections == 2 and client.sent == 2 * n + 1
+    assert [admin.servers[f"web/s{i}"]["weight"] for i in range(n)] == [str(i % 7 + 1) for i in range(n)]
+
+
+def test_a_command_that_gets_no_answer_is_tried_again(live: tuple[Env, FakeAdmin], quick_timeouts: None) -> None:
+    env, admin = live
+    admin.hang_on, admin.hangs = "add server", _runtime.ATTEMPTS - 1
+    env.event("member-join", web("web1", 8081))
+    assert admin.servers["web/web1"]["admin"] == "0" and admin.hangs == 0
+    assert env.reload_count() == 0
+
+
+def test_a_socket_that_stops_answering_mid_change_fails_without_a_reload_and_the_next_run_finishes(
+    live: tuple[Env, FakeAdmin], quick_timeouts: None
+) -> None:
+    # HAProxy answered (its servers were read), then stopped answering: starved, not down.
+    # No reload (it would only add load, and it is what used to get stuck: a failed reload
+    # left a config file HAProxy had not loaded, so every later run demanded a reload).
+    env, admin = live
+    env.event("member-join", web("web1", 8081))
+    before = env.config.read_bytes()
+    admin.hang_on, admin.hangs = "add server", _runtime.ATTEMPTS
+    with pytest.raises(_runtime.Unavailable, match="answered earlier in this run; not reloading"):
+        env.event("member-join", web("web2", 8082))
+    assert env.reload_count() == 0
+    assert env.config.read_bytes() == before  # what HAProxy runs, so the runtime API stays the way
+    state = _state.load(str(env.state))
+    assert set(state.servers) == {"web1", "web2"} and state.applied is not None and set(state.applied) == {"web1"}
+    # The next event (or the periodic reconcile) finishes through the runtime API.
+    env.event("member-update", web("web1", 8081))
+    assert set(admin.servers) == {"web/web1", "web/web2"} and admin.servers["web/web2"]["admin"] == "0"
+    assert env.reload_count() == 0
+    assert "server web2 127.0.0.1:8082" in env.config.read_text()

@@ -15,11 +15,14 @@ throughout and does, in this order:
    early drains are undone: save ROLLBACK. When `haproxy -c` refuses it because of some
    members' values, those members are skipped (named once) and the run starts again
    without them, so one member cannot block the others.
-5. Change HAProxy's servers through the runtime API; if HAProxy refuses or does not
-   answer, fall back to a reload. After a change, rewrite the server-state file, so a
-   later reload or restart (ours or an operator's) never brings back old settings.
-6. Reload, when needed: first save HAProxy's server state for the new worker. A failed
-   reload: save ROLLBACK.
+5. Change HAProxy's servers through the runtime API; if HAProxy refuses, or never
+   answered in this run, fall back to a reload. If it answered and then stopped (a
+   starved HAProxy: retries did not help), fail without reloading. After a change,
+   rewrite the server-state file, so a later reload or restart (ours or an operator's)
+   never brings back old settings.
+6. Reload, when needed: first save HAProxy's server state for the new worker.
+   A failure in 5 or 6: when the change was of servers only and HAProxy is alive, put the
+   previous config file back (`_put_back`); save ROLLBACK.
 7. Save DONE.
 
 The saves:
@@ -112,6 +115,19 @@ def execute(plan: Plan, old: State, options: Options, runtime: Runtime | None = 
             _save_after_failure(options, old, plan.rollback)
             raise
         _log.info("haproxy: config installed", config=options.config, servers=len(plan.done.servers))
+    try:
+        pending = _apply(plan, options, runtime)
+    except HandlerError:
+        _put_back(plan, options, runtime)
+        _save_after_failure(options, old, plan.rollback)
+        raise
+    _log_changes(plan.before, plan.done.servers)
+    _metrics.haproxy_servers(plan.done.servers.values(), len(plan.done.skipped), options.backend)
+    _save(options, old, plan.done._replace(pending=pending))
+
+
+def _apply(plan: Plan, options: Options, runtime: Runtime | None) -> tuple[Key, ...]:
+    """Steps 5 and 6: returns the deletions still pending."""
     pending = plan.done.pending
     reason = plan.reload
     if runtime is not None and plan.runtime:
@@ -121,10 +137,32 @@ def execute(plan: Plan, old: State, options: Options, runtime: Runtime | None = 
             # Read again: what HAProxy has now is what a later reload or restart must keep.
             runtime.save_server_state(server_state_file(options), plan.done.servers)
     if reason is not None:
-        pending = _reload(runtime, plan, old, options, reason)
-    _log_changes(plan.before, plan.done.servers)
-    _metrics.haproxy_servers(plan.done.servers.values(), len(plan.done.skipped), options.backend)
-    _save(options, old, plan.done._replace(pending=pending))
+        pending = _reload(runtime, plan, options, reason)
+    return pending
+
+
+def _put_back(plan: Plan, options: Options, runtime: Runtime | None) -> None:
+    """After a failed change of servers only (no reload of its own: the plan's reason is
+    None) while HAProxy is alive (it answered in this run): put the previous config file
+    back, so the file again says what HAProxy is known to run and the next run (an event,
+    or the periodic reconcile) finishes the change through the runtime API. Left in place,
+    the new file would read as an edit HAProxy has not loaded, and every later run would
+    demand a reload: under CPU starvation, a reload that keeps failing while the runtime
+    API would have worked. (When HAProxy never answered it is down: the newest file stays,
+    for whatever restarts it.)"""
+    if runtime is None or not runtime.client.answered or plan.reload is not None:
+        return
+    if plan.text is None or plan.installed is None:
+        return
+    runtime.undo_drains()
+    from ._install import install
+
+    try:
+        install(options.config, plan.installed, False, options.haproxy)
+    except HandlerError as exc:
+        _log.error(f"haproxy: previous config not put back: {exc}")
+        return
+    _log.info("haproxy: previous config put back; the next run retries the change", config=options.config)
 
 
 def _runtime_change(runtime: Runtime, plan: Plan, reason: str | None) -> tuple[tuple[Key, ...], str | None]:
@@ -137,6 +175,10 @@ def _runtime_change(runtime: Runtime, plan: Plan, reason: str | None) -> tuple[t
         if not plan.reload_if_runtime_fails:
             _log.warning(f"haproxy: deferred deletions not retried: {exc}")
             return plan.done.pending, reason
+        if isinstance(exc, Unavailable) and runtime.client.answered:
+            # HAProxy answered earlier in this run, then stopped answering: it is alive but
+            # starved, and a reload (a new worker, a full config parse) only adds load.
+            raise Unavailable(f"{exc} (HAProxy answered earlier in this run; not reloading)") from None
         _log.warning(f"haproxy: runtime API cannot apply the change: {exc}")
         return plan.done.pending, f"runtime API: {exc}"
     if runtime.client.sent:
@@ -145,7 +187,7 @@ def _runtime_change(runtime: Runtime, plan: Plan, reason: str | None) -> tuple[t
     return pending, reason
 
 
-def _reload(runtime: Runtime | None, plan: Plan, old: State, options: Options, reason: str) -> tuple[Key, ...]:
+def _reload(runtime: Runtime | None, plan: Plan, options: Options, reason: str) -> tuple[Key, ...]:
     """Step 6; returns the deletions still pending (none: the new worker never had them)."""
     if options.reload is None:  # (never with a socket: the options require a reload then)
         _log.info("haproxy: config changed; no reload command configured", reason=reason)
@@ -163,7 +205,6 @@ def _reload(runtime: Runtime | None, plan: Plan, old: State, options: Options, r
         reload(options.reload)
     except HandlerError:
         _metrics.inc(_metrics.P + "haproxy_reload_failures_total")
-        _save_after_failure(options, old, plan.rollback)
         raise
     _metrics.inc(_metrics.P + "haproxy_reloads_total")
     _log.info("haproxy: reloaded", reason=reason)

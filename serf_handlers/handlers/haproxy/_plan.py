@@ -236,6 +236,7 @@ class Plan(NamedTuple):
     rollback: State  # saved when installing or reloading fails
     done: State  # saved at the end; its `pending` is replaced by what the run left pending
     before: Mapping[str, Server]  # what HAProxy had, for the log
+    installed: str | None = None  # the config file's text before the run (see `_execute.execute`)
 
 
 def make_plan(
@@ -287,7 +288,7 @@ def make_plan(
         runtime = runtime_change(applied if live is None else actual or {}, wanted, pending)
     before = (applied if live is None else actual) or {}
     done = done._replace(pending=pending)
-    return Plan(text if changed else None, runtime, reason, True, intent, rollback, done, before)
+    return Plan(text if changed else None, runtime, reason, True, intent, rollback, done, before, installed)
 
 
 def _reload_reason(

@@ -27,12 +27,19 @@ from ._servers import RUNTIME_OPTIONS, check_options
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
+    from typing import TypeVar
 
     from ._live import LiveServer
     from ._plan import Key, RuntimeChange
     from ._servers import Server
 
-TIMEOUT = 2.0  # seconds per command; HAProxy answers in well under a millisecond
+    _A = TypeVar("_A")
+    _R = TypeVar("_R")
+
+TIMEOUT = 3.0  # seconds per wait on the socket; HAProxy answers in well under a millisecond
+ATTEMPTS = 3  # a starved HAProxy may miss one wait: try again, after these pauses
+BACKOFF = (0.25, 1.0)
+CHUNK = 200  # commands written before their replies are read: bounded socket buffers
 DRAIN_SECONDS = 0.1  # drain before maint, or `del server` is refused under keep-alive load
 
 
@@ -47,50 +54,117 @@ class Unexpressible(Exception):
 class Client:
     """Commands to the admin socket at `path`: one per connection, or a batch on one
     connection in HAProxy's interactive mode (`prompt`), where each reply ends at the next
-    prompt. The timeout is for each wait on the socket, so a long batch that HAProxy keeps
-    answering is not cut short, and a silent HAProxy still is."""
+    prompt. Commands go in chunks, each chunk's replies read before the next is sent, and
+    the timeout is for each wait: a long batch that HAProxy keeps answering is never cut
+    short, a silent HAProxy still is.
 
-    def __init__(self, path: str, timeout: float = TIMEOUT) -> None:
+    A command or batch that gets no answer is tried again (`ATTEMPTS`, after `BACKOFF`):
+    every command here is safe to repeat. Once the socket has failed every attempt, later
+    calls on this client fail at once: HAProxy is down or hung, and Serf waits for us."""
+
+    def __init__(self, path: str, timeout: float | None = None, attempts: int | None = None) -> None:
         self.path = path
-        self.timeout = timeout
+        self.timeout = TIMEOUT if timeout is None else timeout
+        self.attempts = ATTEMPTS if attempts is None else attempts
         self.sent = 0
+        self.answered = False  # whether any exchange succeeded: HAProxy is alive
+        self.down: str | None = None  # why every attempt failed once: no more tries in this run
 
     def __call__(self, command: str) -> str:
-        reply = self._exchange(_checked(command) + "\n").strip()
-        self.sent += 1
+        (reply,) = self._retrying(_Session.exchange, [command])
         return reply
 
     def batch(self, commands: Sequence[str]) -> list[str]:
         """One reply per command, in order."""
-        if len(commands) <= 1:
-            return [self(command) for command in commands]
-        text = self._exchange("prompt\n" + "".join(_checked(c) + "\n" for c in commands) + "quit\n")
-        replies = text.split(PROMPT)  # "\n> " opens the session and follows every reply
-        if replies[0] != "" or len(replies) != len(commands) + 2:
-            raise Unavailable(f"admin socket {self.path}: {len(replies) - 2} replies to {len(commands)} commands")
-        self.sent += len(commands)
-        return [reply.strip() for reply in replies[1:-1]]
+        if not commands:
+            return []
+        if len(commands) == 1:
+            return [self(commands[0])]
+        return self._retrying(_Session.batch, commands)
 
-    def _exchange(self, data: str) -> str:
+    def _retrying(self, how: Callable[[_Session, Sequence[str]], list[str]], commands: Sequence[str]) -> list[str]:
+        for command in commands:
+            _checked(command)
+        if self.down is not None:
+            raise Unavailable(f"{self.down} (earlier in this run; not tried again)")
+        for attempt in range(self.attempts):
+            try:
+                with _Session(self.path, self.timeout) as session:
+                    replies = how(session, commands)
+            except Unavailable as exc:
+                if attempt + 1 == self.attempts:
+                    self.down = str(exc)
+                    raise
+                time.sleep(BACKOFF[min(attempt, len(BACKOFF) - 1)])
+                continue
+            self.sent += len(commands)
+            self.answered = True
+            return replies
+        raise AssertionError("unreachable")
+
+
+PROMPT = "\n> "  # in interactive mode: opens the session and follows every reply
+
+
+class _Session:
+    """One connection to the admin socket; raises Unavailable on any socket error or timeout."""
+
+    def __init__(self, path: str, timeout: float) -> None:
         import socket
 
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(self.timeout)
-        chunks: list[bytes] = []
+        self.path = path
+        self.buffer = ""
+        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.sock.settimeout(timeout)
+        self._guard(self.sock.connect, path)
+
+    def __enter__(self) -> _Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.sock.close()
+
+    def exchange(self, commands: Sequence[str]) -> list[str]:
+        """One command on this connection (non-interactive: HAProxy closes after the reply)."""
+        import socket
+
+        self._guard(self.sock.sendall, (commands[0] + "\n").encode("ascii"))
+        self._guard(self.sock.shutdown, socket.SHUT_WR)
+        while self._recv():
+            pass
+        return [self.buffer.strip()]
+
+    def batch(self, commands: Sequence[str]) -> list[str]:
+        self._send("prompt\n")
+        self._replies(1)  # the opening prompt
+        replies: list[str] = []
+        for start in range(0, len(commands), CHUNK):
+            chunk = commands[start : start + CHUNK]
+            self._send("".join(command + "\n" for command in chunk))
+            replies += self._replies(len(chunk))
+        self._send("quit\n")
+        return replies
+
+    def _send(self, text: str) -> None:
+        self._guard(self.sock.sendall, text.encode("ascii"))
+
+    def _replies(self, count: int) -> list[str]:
+        while self.buffer.count(PROMPT) < count:
+            if not self._recv():
+                raise Unavailable(f"admin socket {self.path}: closed after {len(self.buffer)} bytes")
+        *replies, self.buffer = self.buffer.split(PROMPT, count)
+        return [reply.strip() for reply in replies]
+
+    def _recv(self) -> bool:
+        chunk = self._guard(self.sock.recv, 65536)
+        self.buffer += chunk.decode("utf-8", "replace")
+        return bool(chunk)
+
+    def _guard(self, call: Callable[[_A], _R], arg: _A) -> _R:
         try:
-            sock.connect(self.path)
-            sock.sendall(data.encode("ascii"))
-            sock.shutdown(socket.SHUT_WR)
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
+            return call(arg)
         except OSError as exc:  # includes the timeout
             raise Unavailable(f"admin socket {self.path}: {exc.strerror or exc or type(exc).__name__}") from None
-        finally:
-            sock.close()
-        return b"".join(chunks).decode("utf-8", "replace")
-
-
-PROMPT = "\n> "
 
 
 def _checked(command: str) -> str:
@@ -103,7 +177,7 @@ class Runtime:
     """The admin socket for one run: one client, the servers drained early (and when),
     the deletions left pending, and the server-state save before a reload."""
 
-    def __init__(self, path: str, timeout: float = TIMEOUT, drain_seconds: float = DRAIN_SECONDS) -> None:
+    def __init__(self, path: str, timeout: float | None = None, drain_seconds: float = DRAIN_SECONDS) -> None:
         self.client = Client(path, timeout)
         self.drain_seconds = drain_seconds
         self.drained: set[Key] = set()
