@@ -340,3 +340,15 @@ def test_a_repeated_event_repairs_what_haproxy_really_has(haproxy, expected) -> 
 def test_without_an_answer_from_haproxy_the_record_stands() -> None:
     old = applied(A, B)
     assert make_plan(old, old, fake_render(servers(A, B)), fake_render, LIVE, live=None).runtime == NO_CHANGE
+
+
+def test_state_lost_while_haproxy_runs_the_installed_file_goes_through_the_runtime_api() -> None:
+    # A fresh reconcile (no state file): HAProxy's live servers are exactly the ones the
+    # installed file renders, so HAProxy runs that file: no reload for a 5,000-server join.
+    result = make_plan(EMPTY, EMPTY._replace(servers=servers(A, B)), fake_render(servers(A)), fake_render, LIVE,
+                       full=True, live=live(A))
+    assert result.reload is None and result.runtime == NO_CHANGE._replace(add=(B,))
+    # A file that is not what HAProxy has still reloads.
+    other = make_plan(EMPTY, EMPTY._replace(servers=servers(A, B)), fake_render(servers(A)), fake_render, LIVE,
+                      full=True, live=live(A, C))
+    assert other.reload == "HAProxy's current servers are unknown"

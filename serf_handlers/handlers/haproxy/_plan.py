@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from ..._typing import TYPE_CHECKING, NamedTuple
 from ._servers import Rejected, Server, from_member
-from ._state import State
+from ._state import State, from_live
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -271,13 +271,7 @@ def make_plan(
 
     text = render(wanted)
     if applied is None and not old.exists:
-        if installed == text:
-            # No state (deleted, or a first reconcile), and the installed config already says
-            # exactly this: HAProxy runs it. (A saved null instead means an earlier run failed
-            # before HAProxy got its config: that one reloads.)
-            applied = wanted
-        elif installed == render({}):
-            applied = {}  # the empty config `serf-handle render --write` installed before HAProxy started
+        applied = _running(installed, text, wanted, render, live)
     changed = installed != text
     # With no state file, record first that HAProxy has not got this config yet: should the
     # run die between install and reload, the next one must not take the file for what HAProxy runs.
@@ -289,6 +283,23 @@ def make_plan(
     before = (applied if live is None else actual) or {}
     done = done._replace(pending=pending)
     return Plan(text if changed else None, runtime, reason, True, intent, rollback, done, before, installed)
+
+
+def _running(
+    installed: str | None, text: str, wanted: Mapping[str, Server], render: Render,
+    live: Mapping[Key, LiveServer] | None,
+) -> Mapping[str, Server] | None:
+    """With no state (deleted, or a first reconcile): the servers HAProxy runs, when the
+    installed config shows them; else None (unknown: reload). (A saved null instead means
+    an earlier run failed before HAProxy got its config: that one reloads.)"""
+    if installed == text:
+        return wanted  # the installed config already says exactly this: HAProxy runs it
+    if installed == render({}):
+        return {}  # the empty config `serf-handle render --write` installed before HAProxy started
+    running = None if live is None else from_live(live).servers
+    if running is not None and installed == render(running):
+        return running  # HAProxy's live servers are exactly the installed file's
+    return None
 
 
 def _reload_reason(
