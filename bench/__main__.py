@@ -1,6 +1,6 @@
 """`make bench`: measure what users feel, and regenerate BENCHMARKS.md from the figures.
 
-    python -m bench                 all eight sections (about 30 minutes on 2 cores)
+    python -m bench                 all eight sections (about 20 minutes on 2 cores)
     python -m bench --only 2        one section (or --only 1,3); the others are kept
     python -m bench --quick         fewer rounds, shorter runs; prints, writes nothing
     python -m bench --only 7,8 --small   sections 7 and 8 at small sizes; prints, writes nothing

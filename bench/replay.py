@@ -57,6 +57,7 @@ CPU_SECONDS = 10.0
 SETTLE = 3.0  # seconds after the storm before HAProxy's CPU is read (first checks spread out)
 ADMIN_TIMEOUT = 60.0  # `show servers state` of 5,000 servers is slow
 EVENT_TIMEOUT = 300.0
+EXPECT_SECONDS = 30.0  # for HAProxy's live state to show a change (at once, unless it reloaded)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
@@ -161,7 +162,12 @@ class Replay:
         """HAProxy serves exactly `names` (a deletion deferred while connections were open leaves
         a server in maintenance: not served, so not counted; `deferred` counts them)."""
         wanted = set(names)
-        live, maint = live_names(self.site.admin_socket)
+        deadline = time.monotonic() + EXPECT_SECONDS
+        while True:  # after a reload (the fallback), the new worker takes a moment to answer
+            live, maint = live_names(self.site.admin_socket)
+            if live == wanted or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
         self.deferred = max(self.deferred, len(maint - wanted))
         if live != wanted:
             raise RuntimeError(f"{what} at {self.n:,}: HAProxy has {len(live)} servers, expected {len(wanted)} "
