@@ -144,7 +144,8 @@ def test_make_plan(old: State, wanted: dict[str, Server], installed: str | None,
     assert {key: getattr(result, key) for key in expected} == expected
     # Whatever happens, the new membership is never lost, and HAProxy's record is only
     # moved forward at the end.
-    assert result.rollback == old._replace(servers=wanted, applied=old.applied)
+    known = old.applied if old.exists else result.intent.applied if result.intent else result.rollback.applied
+    assert result.rollback == old._replace(servers=wanted, applied=known)
     assert result.done.servers == result.done.applied == wanted
 
 

@@ -272,10 +272,11 @@ def make_plan(
     text = render(wanted)
     if applied is None and not old.exists:
         applied = _running(installed, text, wanted, render, live)
+        rollback = new._replace(applied=applied, pending=old.pending)  # what HAProxy runs, as now known
     changed = installed != text
     # With no state file, record first that HAProxy has not got this config yet: should the
     # run die between install and reload, the next one must not take the file for what HAProxy runs.
-    intent = new._replace(applied=applied, pending=old.pending) if changed and not old.exists else None
+    intent = rollback if changed and not old.exists else None
     reason = _reload_reason(applied, wanted, installed, text, render, options)
     runtime = NO_CHANGE
     if options.socket is not None and reason is None and applied is not None:
