@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from serf_handlers.handlers.haproxy import _state
+from serf_handlers.handlers.haproxy._servers import node_id
 from support.site import HAPROXY, Site, member_line, sha
 from tests.test_haproxy_handler import write_config
 
@@ -42,7 +43,7 @@ def test_50_concurrent_runs_each_adding_a_member(tmp_path: Path) -> None:
     assert codes == [0] * RUNS, [err.read_text() for err, code in zip(errors, codes, strict=True) if code]
     assert site.servers() == site.applied() == set(members)
     assert sorted(site.server_lines()) == sorted(
-        f"server {name} {addr}:{port} weight 1 check inter 500ms fall 1 rise 1"
+        f"server {name} {addr}:{port} id {node_id(name)} weight 1 check inter 500ms fall 1 rise 1"
         for name, (addr, port) in members.items()
     )
     check = subprocess.run(

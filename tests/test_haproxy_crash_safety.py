@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from serf_handlers.handlers.haproxy import _state
+from serf_handlers.handlers.haproxy._servers import node_id
 from support.site import (
     HAPROXY,
     HAProxyCheck,
@@ -53,7 +54,7 @@ def typical_run_time(site: Site) -> float:
 
 
 def server_line(name: str, addr: str, port: int) -> str:
-    return f"server {name} {addr}:{port} weight 1 check inter 500ms fall 1 rise 1"
+    return f"server {name} {addr}:{port} id {node_id(name)} weight 1 check inter 500ms fall 1 rise 1"
 
 
 def test_kill_9_at_random_points_during_200_updates(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from serf_handlers.dispatch import reply_budget
 from serf_handlers.errors import ConfigError, HandlerError
 from serf_handlers.events import Member, MemberEvent, Node, Query
 from serf_handlers.handlers.haproxy import HAProxyHandler, _state
+from serf_handlers.handlers.haproxy._servers import node_id
 from support.site import count_reload_argv as reload_argv
 from support.site import reload_lines
 
@@ -55,6 +56,11 @@ class Env:
         return (*((p.stat().st_ino, p.stat().st_mtime_ns, p.read_bytes()) for p in files), self.reload_count())
 
 
+def line(name: str, address: str, weight: int = 1) -> str:
+    """A built-in template's server line, with the server's stable id."""
+    return f"server {name} {address} id {node_id(name)} weight {weight} check inter 500ms fall 1 rise 1"
+
+
 def web(
     name: str, port: int | None = None, addr: str = "127.0.0.1", tags: dict[str, str] | None = None, **more: str
 ) -> Member:
@@ -81,8 +87,8 @@ def env(tmp_path: Path) -> Env:
 def test_join_installs_a_valid_config_and_reloads_once(env: Env) -> None:
     env.event("member-join", web("web1", 8081), web("web2", 8082))
     assert env.server_lines() == [
-        "server web1 127.0.0.1:8081 weight 1 check inter 500ms fall 1 rise 1",
-        "server web2 127.0.0.1:8082 weight 1 check inter 500ms fall 1 rise 1",
+        f"server web1 127.0.0.1:8081 id {node_id('web1')} weight 1 check inter 500ms fall 1 rise 1",
+        f"server web2 127.0.0.1:8082 id {node_id('web2')} weight 1 check inter 500ms fall 1 rise 1",
     ]
     assert env.reload_count() == 1
     assert env.servers() == {"web1": ("127.0.0.1", 8081, "web"), "web2": ("127.0.0.1", 8082, "web")}
@@ -127,13 +133,13 @@ def test_leave_failed_and_reap_remove(env: Env) -> None:
 
 def test_on_failed_maint_keeps_the_server_disabled_until_it_rejoins(tmp_path: Path) -> None:
     env = Env(tmp_path, on_failed="maint")
-    healthy = "server web0 127.0.0.1:8080 weight 1 check inter 500ms fall 1 rise 1"
+    healthy = line("web0", "127.0.0.1:8080")
     env.event("member-join", web("web0", 8080), web("web1", 8081))  # half the backend stays alive
     env.event("member-failed", web("web1", 8081))
-    disabled = "server web1 127.0.0.1:8081 weight 1 check inter 500ms fall 1 rise 1 disabled"
+    disabled = line("web1", "127.0.0.1:8081") + " disabled"
     assert env.server_lines() == [healthy, disabled]
     env.event("member-join", web("web1", 8081))
-    assert env.server_lines() == [healthy, "server web1 127.0.0.1:8081 weight 1 check inter 500ms fall 1 rise 1"]
+    assert env.server_lines() == [healthy, line("web1", "127.0.0.1:8081")]
     env.event("member-failed", web("web1", 8081))
     env.event("member-reap", web("web1", 8081))
     assert env.server_lines() == [healthy]
@@ -143,14 +149,14 @@ def test_a_failed_member_is_never_put_in_maintenance_when_it_is_all_the_backend_
     env = Env(tmp_path, on_failed="maint")
     env.event("member-join", web("web1", 8081))
     env.event("member-failed", web("web1", 8081))
-    assert env.server_lines() == ["server web1 127.0.0.1:8081 weight 1 check inter 500ms fall 1 rise 1"]
+    assert env.server_lines() == [line("web1", "127.0.0.1:8081")]
     assert "failed (kept)" in env.handler.status()
 
 
 def test_update_moves_a_server_and_tag_only_changes_cost_nothing(env: Env) -> None:
     env.event("member-join", web("web1", 8081))
     env.event("member-update", web("web1", 9091, addr="127.0.0.2", weight="7"))
-    assert env.server_lines() == ["server web1 127.0.0.2:9091 weight 7 check inter 500ms fall 1 rise 1"]
+    assert env.server_lines() == [line("web1", "127.0.0.2:9091", 7)]
     assert env.reload_count() == 2
     config = env.config.read_bytes()
     env.event("member-update", web("web1", 9091, addr="127.0.0.2", weight="7", dc="east"))
@@ -178,9 +184,10 @@ def test_a_bad_member_is_skipped_by_name_and_the_rest_still_apply(env: Env) -> N
 
 def test_hostile_node_name_is_served_under_a_safe_name(env: Env) -> None:
     env.event("member-join", web("web 1\n    server evil 6.6.6.6:80", 8081))
+    name = "web 1\n    server evil 6.6.6.6:80"
     (line,) = env.server_lines()
     assert line.startswith("server web_1_____server_evil_6.6.6.6_80--")
-    assert line.endswith(" 127.0.0.1:8081 weight 1 check inter 500ms fall 1 rise 1")
+    assert line.endswith(f" 127.0.0.1:8081 id {node_id(name)} weight 1 check inter 500ms fall 1 rise 1")
 
 
 def test_events_for_other_queries_and_user_events_are_ignored(env: Env) -> None:
@@ -434,7 +441,7 @@ def test_config_role_reaches_the_handler_not_the_dispatcher(tmp_path: Path) -> N
 def test_the_state_tag_is_rendered(env: Env, state: str | None, line_end: str) -> None:
     tags = {"weight": "3", **({"state": state} if state else {})}
     env.event("member-join", web("web1", 8081, tags=tags))
-    assert env.server_lines() == [f"server web1 127.0.0.1:8081 {line_end}"]
+    assert env.server_lines() == [f"server web1 127.0.0.1:8081 id {node_id('web1')} {line_end}"]
     shown = {"drain": "drain (tag)", "maint": "maint (tag)"}.get(state or "", "ready")
     assert shown in env.handler.status()
 
@@ -483,7 +490,7 @@ def test_render_diff_shows_the_change_and_writes_nothing(
     _state.save(str(tmp_path / "state.json"), state._replace(servers={"web1": server}))
     assert run_cli(monkeypatch, tmp_path, render, {}, b"") == 1
     out = capsys.readouterr().out
-    assert out.startswith(f"--- {tmp_path}/haproxy.cfg\n+++ ") and "\n+    server web1 127.0.0.1:8081 weight 1" in out
+    assert out.startswith(f"--- {tmp_path}/haproxy.cfg\n+++ ") and f"\n+    {line('web1', '127.0.0.1:8081')}" in out
     assert (tmp_path / "haproxy.cfg").read_bytes() == installed and not (tmp_path / "reloads").exists()
     # Trouble is 2, as with diff(1).
     (tmp_path / "state.json").write_text("{broken")

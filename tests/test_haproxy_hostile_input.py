@@ -538,8 +538,8 @@ BAD_MEMBERS = [
 
 SAFE = r"[A-Za-z0-9_.-]{1,63}"
 SERVER_LINE = re.compile(
-    rf"^    server ({SAFE}) (\d{{1,3}}(?:\.\d{{1,3}}){{3}}|\[[0-9a-f:]+\]):(\d{{1,5}}) weight (\d{{1,3}}) "
-    r"check inter 500ms fall 1 rise 1$"
+    rf"^    server ({SAFE}) (\d{{1,3}}(?:\.\d{{1,3}}){{3}}|\[[0-9a-f:]+\]):(\d{{1,5}}) (?:id \d{{1,10}} )?"
+    r"weight (\d{1,3}) check inter 500ms fall 1 rise 1$"
 )
 BACKEND_LINE = re.compile(rf"^backend ({SAFE})$")
 USE_BACKEND_LINE = re.compile(

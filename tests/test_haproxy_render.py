@@ -19,7 +19,7 @@ from serf_handlers.handlers.haproxy import HAProxyHandler, _builtin
 from serf_handlers.handlers.haproxy._jinja import BUILTIN_TEMPLATE, TemplateError, render
 from serf_handlers.handlers.haproxy._plan import wanted_from_members
 from serf_handlers.handlers.haproxy._render import context as render_context
-from serf_handlers.handlers.haproxy._servers import Rejected, Server, from_member
+from serf_handlers.handlers.haproxy._servers import Rejected, Server, from_member, node_id
 from serf_handlers.handlers.haproxy._state import EMPTY
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
@@ -90,11 +90,11 @@ def test_servers_backends_and_routing(tmp_path: Path) -> None:
     haproxy_check(tmp_path, text)
     assert (
         "backend web\n"
-        "    server v6 [2001:db8::1]:80 weight 1 check inter 500ms fall 1 rise 1\n"
-        "    server web1 10.0.0.1:8081 weight 1 check inter 500ms fall 1 rise 1\n"
-        "    server web2 10.0.0.2:8082 weight 5 check inter 500ms fall 1 rise 1 disabled\n"
+        f"    server v6 [2001:db8::1]:80 id {node_id('v6')} weight 1 check inter 500ms fall 1 rise 1\n"
+        f"    server web1 10.0.0.1:8081 id {node_id('web1')} weight 1 check inter 500ms fall 1 rise 1\n"
+        f"    server web2 10.0.0.2:8082 id {node_id('web2')} weight 5 check inter 500ms fall 1 rise 1 disabled\n"
     ) in text
-    assert "backend API.example.com\n    server api1 10.0.1.1:9000 weight 1 check" in text
+    assert f"backend API.example.com\n    server api1 10.0.1.1:9000 id {node_id('api1')} weight 1 check" in text
     assert "use_backend API.example.com if { req.hdr(host),field(1,:),lower -m str api.example.com }" in text
     assert text.index("backend API.example.com") < text.index("backend web")  # sorted, stable
 
@@ -129,9 +129,11 @@ def test_hostile_node_names_cannot_inject(tmp_path: Path, name: str) -> None:
     text = h._render(servers)
     haproxy_check(tmp_path, text)
     assert text.count("\n") == baseline.count("\n")
+    # Only the name differs, and the stable id derived from it.
     rest = text.replace(servers[name].name, "PLACEHOLDER")
+    rest = rest.replace(f" id {node_id(name)} ", f" id {node_id('PLACEHOLDER')} ")
     assert "6.6.6.6" not in rest and "evil" not in rest
-    assert sorted(rest.splitlines()) == sorted(baseline.splitlines())  # only the name differs
+    assert sorted(rest.splitlines()) == sorted(baseline.splitlines())
     assert sum(line.strip().startswith("server ") for line in text.splitlines()) == 2
 
 

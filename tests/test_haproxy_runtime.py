@@ -19,6 +19,7 @@ from serf_handlers.errors import ConfigError
 from serf_handlers.events import Member
 from serf_handlers.handlers.haproxy import _runtime, _state
 from serf_handlers.handlers.haproxy._runtime import filter_server_state
+from serf_handlers.handlers.haproxy._servers import node_id
 from tests.test_haproxy_handler import Env, web
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
@@ -133,7 +134,8 @@ class FakeAdmin:
             if server is not None:
                 return "Already exists a server with the same name in backend.\n"
             addr, _, port = words[3].rpartition(":")
-            self.servers[target] = {"addr": addr.strip("[]"), "port": port, "weight": words[5], "admin": "1"}
+            weight = words[words.index("weight") + 1]
+            self.servers[target] = {"addr": addr.strip("[]"), "port": port, "weight": weight, "admin": "1"}
             return "New server registered.\n\n"
         if server is None:
             return "No such server.\n\n"
@@ -184,8 +186,8 @@ def test_runtime_add_and_remove_without_reload(live: tuple[Env, FakeAdmin]) -> N
     connections = admin.connections
     # Every server is added (in maintenance) before any is enabled: one batch per step.
     assert admin.take() == [
-        f"add server web/web1 127.0.0.1:8081 weight 1 {ADD}",
-        f"add server web/web2 [::1]:8082 weight 4 {ADD}",
+        f"add server web/web1 127.0.0.1:8081 id {node_id('web1')} weight 1 {ADD}",
+        f"add server web/web2 [::1]:8082 id {node_id('web2')} weight 4 {ADD}",
         "enable health web/web1",
         "set server web/web1 state ready",
         "enable health web/web2",
@@ -319,7 +321,8 @@ def test_the_state_tag_goes_through_the_runtime_api_without_a_reload(live: tuple
         assert admin.servers["web/web1"]["admin"] == admin_bits
     # A new member that arrives drained is added, then drained: it never takes traffic.
     env.event("member-join", web("web3", 8083, state="drain"))
-    assert admin.take() == [f"add server web/web3 127.0.0.1:8083 weight 1 {ADD}", "enable health web/web3",
+    assert admin.take() == [f"add server web/web3 127.0.0.1:8083 id {node_id('web3')} weight 1 {ADD}",
+                            "enable health web/web3",
                             "set server web/web3 state drain"]
     assert env.reload_count() == 0
 

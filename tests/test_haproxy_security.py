@@ -92,8 +92,8 @@ SAFE = r"[A-Za-z0-9_.-]{1,63}"
 ADDRESS = r"(?:\d{1,3}(?:\.\d{1,3}){3}|\[[0-9a-f:]+\])"
 RUNTIME_COMMANDS = [
     (
-        rf"add server {SAFE}/{SAFE} {ADDRESS}:\d{{1,5}} weight \d{{1,3}} check inter 500ms fall 1 rise 1 "
-        r"pool-max-conn -1 pool-purge-delay 5s"
+        rf"add server {SAFE}/{SAFE} {ADDRESS}:\d{{1,5}} (?:id \d{{1,10}} )?weight \d{{1,3}} "
+        r"check inter 500ms fall 1 rise 1 pool-max-conn -1 pool-purge-delay 5s"
     ),
     rf"enable health {SAFE}/{SAFE}",
     rf"set server {SAFE}/{SAFE} state (ready|drain|maint)",

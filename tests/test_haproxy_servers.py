@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from serf_handlers.errors import ConfigError
 from serf_handlers.handlers.haproxy import HAProxyHandler
-from serf_handlers.handlers.haproxy._servers import MAX_NAME, Rejected, Server, from_member, server_name
+from serf_handlers.handlers.haproxy._servers import MAX_NAME, Rejected, Server, from_member, server_name, to_json
 
 TOKEN = re.compile(r"[A-Za-z0-9_.-]{1,63}\Z")
 
@@ -192,3 +192,19 @@ def test_creating_the_handler_does_not_import_jinja2() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == ""
+
+
+def test_every_server_gets_a_stable_id_from_its_node_and_colliding_ones_get_none() -> None:
+    from serf_handlers.handlers.haproxy._servers import node_id, with_ids
+
+    assert node_id("web1") == 331608034  # FNV-1a: the same on every machine and Python
+    assert node_id("web330386") == node_id("web426259")  # a real collision (found by search)
+    servers = {n: from_member(n, "10.0.0.1", {"port": "80"}, 80, "web") for n in ("web1", "web330386", "web426259")}
+    ids = {node: s.id for node, s in with_ids(servers).items()}
+    assert ids == {"web1": 331608034, "web330386": 0, "web426259": 0}  # HAProxy numbers those two
+    # The same collision in different backends is no collision.
+    servers["web426259"] = servers["web426259"]._replace(backend="api")
+    assert with_ids(servers)["web426259"].id == node_id("web426259")
+    assert with_ids(servers)["web426259"].options == f"id {node_id('web426259')} weight 1"
+    # Ids live only in what is rendered: the state never stores them.
+    assert "id" not in to_json(with_ids(servers)["web1"])

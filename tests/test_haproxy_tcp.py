@@ -16,6 +16,7 @@ from serf_handlers.handlers.haproxy import HAProxyHandler, _builtin
 from serf_handlers.handlers.haproxy._jinja import BUILTIN_TEMPLATE, render
 from serf_handlers.handlers.haproxy._plan import make_plan, wanted_from_members
 from serf_handlers.handlers.haproxy._render import context
+from serf_handlers.handlers.haproxy._servers import node_id
 from serf_handlers.handlers.haproxy._state import EMPTY
 
 pytestmark = pytest.mark.skipif(shutil.which("haproxy") is None, reason="haproxy is not installed")
@@ -45,7 +46,7 @@ def test_a_tagged_member_serves_its_tcp_service_and_every_service_is_there(tmp_p
         "    default_backend pg\n\nbackend pg\n    mode tcp\n\n"  # no servers yet: still there
         "frontend tcp-redis\n    mode tcp\n    no option idle-close-on-response\n    bind 127.0.0.1:16379\n"
         "    default_backend redis\n\nbackend redis\n    mode tcp\n"
-        "    server r1 127.0.0.1:6379 weight 1 check inter 500ms fall 1 rise 1\n"
+        f"    server r1 127.0.0.1:6379 id {node_id('r1')} weight 1 check inter 500ms fall 1 rise 1\n"
     )
     candidate = tmp_path / "candidate.cfg"
     candidate.write_text(text)

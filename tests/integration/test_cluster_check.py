@@ -16,6 +16,8 @@ The tests run in file order on one module-scoped cluster, stopped by PID in a fi
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import time
 from collections.abc import Iterator
@@ -25,6 +27,8 @@ from pathlib import Path
 
 import pytest
 
+from serf_handlers.handlers.haproxy._servers import node_id
+from support.admin import admin, server_rows
 from support.processes import SERF_HANDLE, Agent, Processes, free_port, require, start_nginx, wait_until
 from support.site import Site, bodies
 
@@ -163,6 +167,19 @@ def test_different_histories_render_identical_configs(cluster: Cluster) -> None:
     for lb in (lb1, lb2):  # and both HAProxies serve them
         wait_until(lambda lb=lb: {"body-web1", "body-web2", "body-web3"} <= bodies(lb), timeout=10,
                    what=f"{lb.dir.name}'s HAProxy serving all three")
+    # Each server has the same HAProxy id on both (added live, at different times, in
+    # different orders), derived from its node, and keeps it over a reload.
+    stable = {w: str(node_id(w)) for w in ("web1", "web2", "web3")}
+    assert live_ids(lb1) == live_ids(lb2) == stable
+    worker = admin(lb2.admin_socket, "show info").split("\nPid: ")[1].split()[0]
+    os.kill(int(lb2.pidfile.read_text().split()[0]), signal.SIGUSR2)
+    wait_until(lambda: f"\nPid: {worker}\n" not in admin(lb2.admin_socket, "show info"), timeout=10,
+               what="lb2's new worker")
+    assert live_ids(lb2) == stable
+
+
+def live_ids(lb: Site) -> dict[str, str]:
+    return {row["srv_name"]: row["srv_id"] for row in server_rows(lb.admin_socket, "web")}
 
 
 def test_cluster_check_on_a_web_node_lists_every_load_balancer_and_exits_0(cluster: Cluster) -> None:

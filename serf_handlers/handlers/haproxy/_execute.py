@@ -48,6 +48,7 @@ from ._files import read_bytes, write_atomic
 from ._install import ValidationError
 from ._plan import fingerprint, make_plan
 from ._render import health_checks, render, server_state_file
+from ._servers import with_ids
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -132,6 +133,7 @@ def _apply(plan: Plan, options: Options, runtime: Runtime | None) -> tuple[Key, 
     reason = plan.reload
     if runtime is not None and plan.runtime:
         runtime.check_options = health_checks(options, plan.done.servers)
+        runtime.ids = {s.key: s.id for s in with_ids(plan.done.servers).values()}
         pending, reason = _runtime_change(runtime, plan, reason)
         if reason is None and runtime.client.sent:
             # Read again: what HAProxy has now is what a later reload or restart must keep.

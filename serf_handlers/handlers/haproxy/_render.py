@@ -11,7 +11,7 @@ import os
 
 from ..._typing import TYPE_CHECKING
 from ._options import DEFAULT_SOCKET
-from ._servers import by_backend, check_interval, check_options
+from ._servers import by_backend, check_interval, check_options, with_ids
 
 # The Lua service that serves the handler's metrics file (see templates/metrics.lua).
 METRICS_LUA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "templates", "metrics.lua")
@@ -29,8 +29,8 @@ def server_state_file(options: Options) -> str:
 
 
 def context(options: Options, servers: Mapping[str, Server]) -> dict[str, object]:
-    """The template variables: defaults, then the operator's `vars`, then the servers."""
-    backends = by_backend(servers, options.backend)
+    """The template variables: defaults, then the operator's `vars`, then the servers (with ids)."""
+    backends = by_backend(with_ids(servers), options.backend)
     # TCP services are always there, with or without servers, and never routed to by Host.
     tcp_services = [(name, bind, backends.pop(name, [])) for name, bind in sorted(options.tcp.items())]
     values: dict[str, object] = {

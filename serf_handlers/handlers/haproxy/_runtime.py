@@ -183,6 +183,7 @@ class Runtime:
         self.drained: set[Key] = set()
         self.drained_at = 0.0  # time.monotonic() of the last drain
         self.check_options = check_options(500)  # for added servers: as on their config line
+        self.ids: Mapping[Key, int] = {}  # for added servers: their config line's `id` (`with_ids`)
 
     def live(self) -> dict[Key, LiveServer] | None:
         """HAProxy's servers now; None when the socket does not answer (then the state
@@ -252,7 +253,7 @@ class Runtime:
 
     def _add(self, servers: Sequence[Server]) -> None:
         options = f"{self.check_options} {RUNTIME_OPTIONS}"
-        adds = [f"add server {s.path} {s.address} weight {s.weight} {options}" for s in servers]
+        adds = [f"add server {s.path} {s.address} {self._id(s)}weight {s.weight} {options}" for s in servers]
         then: list[tuple[str, Callable[[str], bool]]] = []
         for server, reply in zip(servers, self.client.batch(adds), strict=True):
             if reply.startswith("Already exists a server with the same name"):
@@ -268,6 +269,10 @@ class Runtime:
             if ok is _any and reply:
                 _log.warning("haproxy: enable health refused", command=command, reply=reply)
             _check(command, reply, ok)
+
+    def _id(self, server: Server) -> str:
+        sid = self.ids.get(server.key)
+        return f"id {sid} " if sid else ""
 
     def _expect(self, commands: Sequence[str], ok: Callable[[str], bool]) -> None:
         for command, reply in zip(commands, self.client.batch(commands), strict=True):

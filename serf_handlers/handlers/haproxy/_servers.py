@@ -51,6 +51,7 @@ class Server(NamedTuple):
     maint: bool = False  # in maintenance: its `state=maint` tag, or failed with on_failed: maint
     failed: bool = False  # its member failed; served only while the partition rule keeps it
     drain: bool = False  # its `state=drain` tag: no new connections, the open ones finish
+    id: int = 0  # its HAProxy `id` (see `with_ids`); 0: none on its line. Never stored
 
     @property
     def address(self) -> str:
@@ -86,7 +87,7 @@ class Server(NamedTuple):
     @property
     def options(self) -> str:
         """What follows the address on its `server` line, before the health checks."""
-        return f"weight {self.config_weight}"
+        return f"id {self.id} weight {self.config_weight}" if self.id else f"weight {self.config_weight}"
 
 
 def check_options(inter_ms: int) -> str:
@@ -102,6 +103,31 @@ def check_interval(servers: int) -> int:
 
 
 _CHECK_TIERS = ((500, 500), (1000, 1000), (2000, 2000), (3000, 3000))
+
+
+def with_ids(servers: Mapping[str, Server]) -> dict[str, Server]:
+    """`servers`, each with its stable HAProxy `id`: a hash of its node name (32-bit FNV-1a,
+    folded to HAProxy's 1..2**31-1), the same on every load balancer and across reloads,
+    so stats, server-state files and metrics line up. Servers of one backend whose hashes
+    collide (about 1 in 170 backends of 5,000 servers) get none: HAProxy numbers those."""
+    taken: dict[tuple[str, int], int] = {}
+    ids = {}
+    for node, server in servers.items():
+        ids[node] = node_id(node)
+        key = (server.backend, ids[node])
+        taken[key] = taken.get(key, 0) + 1
+    return {
+        node: server._replace(id=ids[node] if taken[(server.backend, ids[node])] == 1 else 0)
+        for node, server in servers.items()
+    }
+
+
+def node_id(node: str) -> int:
+    """1..2**31-1 from a node name: FNV-1a (no import on the event path), stable everywhere."""
+    value = 0x811C9DC5
+    for byte in node.encode("utf-8", "surrogateescape"):
+        value = ((value ^ byte) * 0x01000193) & 0xFFFFFFFF
+    return value % 0x7FFFFFFF + 1
 
 
 def by_backend(servers: Mapping[str, Server], default_backend: str) -> dict[str, list[Server]]:
