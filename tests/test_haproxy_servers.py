@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -208,3 +209,24 @@ def test_every_server_gets_a_stable_id_from_its_node_and_colliding_ones_get_none
     assert with_ids(servers)["web426259"].options == f"id {node_id('web426259')} weight 1"
     # Ids live only in what is rendered: the state never stores them.
     assert "id" not in to_json(with_ids(servers)["web1"])
+
+
+@pytest.mark.parametrize(
+    ("value", "rendered"),
+    [
+        pytest.param(None, "    spread-checks 5\n", id="default"),
+        pytest.param(0, "    spread-checks 0\n", id="off"),
+        pytest.param(50, "    spread-checks 50\n", id="most"),
+        pytest.param(51, "check_spread: expected a percent from 0 to 50, got 51", id="too much"),
+        pytest.param("5", "check_spread: expected a percent from 0 to 50, got '5'", id="a string"),
+        pytest.param(True, "check_spread: expected a percent from 0 to 50, got True", id="a flag"),
+    ],
+)
+def test_check_spread(tmp_path: Path, value: object, rendered: str) -> None:
+    options = {} if value is None else {"check_spread": value}
+    if not rendered.startswith("    "):
+        with pytest.raises(ConfigError, match=re.escape(rendered)):
+            HAProxyHandler(config=str(tmp_path / "haproxy.cfg"), **options)
+        return
+    handler = HAProxyHandler(config=str(tmp_path / "haproxy.cfg"), state=str(tmp_path / "s.json"), **options)
+    assert rendered in handler.render()

@@ -26,6 +26,8 @@ global
     # Nothing here uses HAProxy's internal HTTP client (Lua, OCSP updates); without this it
     # loads the whole system CA store on every start, reload and `haproxy -c` (~4x slower).
     httpclient.ssl.verify none
+    # Health checks of many servers are spread out, not sent in bursts (`check_spread`).
+    spread-checks {check_spread}
 {tls_global}{lua}{identity}
 defaults
     mode http
@@ -56,6 +58,7 @@ def render(context: Mapping[str, object]) -> str:
         _HEAD.format(
             socket=context["socket"],
             server_state_file=context["server_state_file"],
+            check_spread=context["check_spread"],
             identity=identity,
             lua=f"    lua-load {context['stats_lua']}\n" if _serves_metrics(context) else "",
             bind=context["bind"],

@@ -40,6 +40,7 @@ class Options(NamedTuple):
     check_inter: int | None  # ms between health checks; None: by the number of servers
     tcp: Mapping[str, str]  # TCP service (backend name) -> its listen address
     backup: bool  # keep the previous config as <config>.bak
+    check_spread: int  # HAProxy's `spread-checks`: each check interval varies by up to this percent
 
 
 def parse(
@@ -61,6 +62,7 @@ def parse(
     check_inter: object = None,
     tcp: object = None,
     backup: object = False,
+    check_spread: object = 5,
 ) -> Options:
     if not isinstance(role, str) or not role:
         raise ConfigError(f"role: expected a non-empty string, got {role!r}")
@@ -88,7 +90,7 @@ def parse(
     return Options(
         role, port, backend, config, template, vars, state, check, haproxy, reload, socket, on_failed, query,
         _fraction(min_alive, "min_alive"), _check_path(check_path), _check_inter(check_inter), _tcp(tcp, backend),
-        _flag(backup, "backup"),
+        _flag(backup, "backup"), _check_spread(check_spread),
     )
 
 
@@ -131,6 +133,12 @@ def _check_inter(value: object) -> int | None:
         return None
     if not isinstance(value, int) or isinstance(value, bool) or not 100 <= value <= 60000:
         raise ConfigError(f"check_inter: expected milliseconds from 100 to 60000 (or null: by size), got {value!r}")
+    return value
+
+
+def _check_spread(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 50:
+        raise ConfigError(f"check_spread: expected a percent from 0 to 50, got {value!r}")
     return value
 
 

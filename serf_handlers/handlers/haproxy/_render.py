@@ -45,6 +45,7 @@ def context(options: Options, servers: Mapping[str, Server]) -> dict[str, object
     values.update(
         check_path=options.check_path,
         check_options=health_checks(options, servers),
+        check_spread=options.check_spread,
         tcp_services=tcp_services,
         backends=backends,
         servers=[s for group in backends.values() for s in group],
