@@ -17,7 +17,7 @@ import pytest
 from serf_handlers import _log
 from serf_handlers.errors import ConfigError
 from serf_handlers.events import Member
-from serf_handlers.handlers.haproxy import _runtime, _state
+from serf_handlers.handlers.haproxy import _execute, _runtime, _state
 from serf_handlers.handlers.haproxy._runtime import filter_server_state
 from serf_handlers.handlers.haproxy._servers import node_id
 from tests.test_haproxy_handler import Env, web
@@ -389,3 +389,36 @@ def test_a_socket_that_stops_answering_mid_change_fails_without_a_reload_and_the
     assert set(admin.servers) == {"web/web1", "web/web2"} and admin.servers["web/web2"]["admin"] == "0"
     assert env.reload_count() == 0
     assert "server web2 127.0.0.1:8082" in env.config.read_text()
+
+
+# --- a change of many servers: a reload costs less -----------------------------------------
+
+
+def many(count: int, port: int = 9000) -> list[Member]:
+    return [web(f"n{i:04d}", port, addr=f"10.1.{i >> 8}.{i & 255}") for i in range(count)]
+
+
+def test_a_change_of_many_servers_reloads_instead_and_a_few_go_through_the_runtime_api(
+    live: tuple[Env, FakeAdmin],
+) -> None:
+    env, admin = live
+    env.event("member-join", *many(_execute.RELOAD_ABOVE))  # at the limit: the runtime API
+    assert env.reload_count() == 0 and len(admin.servers) == _execute.RELOAD_ABOVE
+    admin.take()
+    env.event("member-join", *many(2 * _execute.RELOAD_ABOVE + 1))  # above it: one reload, no commands
+    assert env.reload_count() == 1
+    assert admin.take() == []
+    assert len(env.server_lines()) == 2 * _execute.RELOAD_ABOVE + 1
+
+
+def test_when_that_reload_fails_the_runtime_api_makes_the_change(short_dir: Path) -> None:
+    admin = FakeAdmin(str(short_dir / "admin.sock"))
+    try:
+        env = Env(short_dir, socket=admin.path, reload=["false"],
+                  vars={"bind": "127.0.0.1:18080", "socket": admin.path})
+        env.handler.render(write=True)
+        env.event("member-join", *many(_execute.RELOAD_ABOVE + 1))
+        assert len(admin.servers) == _execute.RELOAD_ABOVE + 1
+        assert all(server["admin"] == "0" for server in admin.servers.values())
+    finally:
+        admin.close()

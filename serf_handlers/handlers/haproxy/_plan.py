@@ -175,6 +175,11 @@ class RuntimeChange(NamedTuple):
         """Whether it changes anything beyond retrying deferred deletions."""
         return any((self.drain, self.add, self.update))
 
+    @property
+    def size(self) -> int:
+        """How many servers it adds, removes or changes."""
+        return len(self.add) + len(self.delete) + len(self.update)
+
 
 NO_CHANGE = RuntimeChange((), (), (), ())
 
