@@ -202,7 +202,11 @@ class Cluster:
     def __init__(self, procs: Processes, venv_bin: Path, workdir: Path, n: int) -> None:
         self.procs = procs
         self.n = n
-        self.ports = [free_port() for _ in range(n)]
+        self.ports: list[int] = []
+        while len(self.ports) < n:  # free_port may hand out a port it gave before (it is free again)
+            port = free_port()
+            if port not in self.ports:
+                self.ports.append(port)
         start_nginx_ports(procs, self.ports)
         self.lb = BenchSite(procs, venv_bin, workdir / "lb", "runtime", probes=True)
         self.lb_agent = self.lb.start_agent()
@@ -375,18 +379,24 @@ def _reap(agent: Agent, timeout: float = 15.0) -> None:
 def run(venv_bin: Path, workdir: Path, sizes: Sequence[int] = SIZES,
         churn_seconds: float = CHURN_SECONDS) -> dict[str, object]:
     per_size: dict[int, dict[str, object]] = {}
+    not_measured: dict[int, str] = {}  # a size the machine did not hold: why (larger ones are not tried)
     for n in sizes:
         sizedir = workdir / f"agents-{n}"
         sizedir.mkdir()
-        with processes(sizedir) as procs:
-            cluster = Cluster(procs, venv_bin, sizedir, n)
-            try:
-                figures = _one_size(cluster, churn_seconds)
-            finally:
-                # The load balancer first, so the web agents' leaves run no more handlers.
-                cluster.lb_agent.leave(wait=False)
-                _reap(cluster.lb_agent, 10)
+        try:
+            with processes(sizedir) as procs:
+                cluster = Cluster(procs, venv_bin, sizedir, n)
+                try:
+                    figures = _one_size(cluster, churn_seconds)
+                finally:
+                    # The load balancer first, so the web agents' leaves run no more handlers.
+                    cluster.lb_agent.leave(wait=False)
+                    _reap(cluster.lb_agent, 10)
+        except (AssertionError, OSError, subprocess.SubprocessError) as exc:
+            not_measured[n] = f"{type(exc).__name__}: {exc}"
+            print(f"bench: agents {n} not measured: {not_measured[n]}", flush=True)
+            break
         per_size[n] = figures
         print(f"bench: agents {n} done", flush=True)
-    return {"sizes": list(sizes), "rate": RATE, "churn_rate": CHURN_RATE, "churn_seconds": churn_seconds,
-            "per_size": per_size}
+    return {"sizes": list(per_size), "rate": RATE, "churn_rate": CHURN_RATE, "churn_seconds": churn_seconds,
+            "per_size": per_size, "not_measured": not_measured}

@@ -476,6 +476,8 @@ def format_agents(r: dict[str, Any]) -> str:
         delivered += f"; {len(events)} events" if len(events) > 4 else ""
         cells += [str(one["failed_members"]), f"{one['lag_superseded']} / {one['lag_missed']}", delivered]
         out.append(f"| {n} | " + " | ".join(cells) + " |")
+    for n, why in sorted(r.get("not_measured", {}).items()):
+        out += ["", f"**{n} agents: not measured**: {why}"]
     failed = sum(per[n]["leave"]["failed"] + per[n]["churn"]["failed"] for n in sizes)
     reloads = sum(per[n]["reloads"] for n in sizes)
     correct = all(per[n]["reconcile_correct"] and per[n]["reconcile_exit"] == 0 for n in sizes)
