@@ -97,12 +97,13 @@ def check_options(inter_ms: int) -> str:
 
 def check_interval(servers: int) -> int:
     """The default check interval (ms) for this many servers: 500 ms up to 500, then about
-    1 ms per server up to 5 s, so HAProxy runs at most ~1,000 checks a second in all (a few
-    percent of a core) while small sites still see a dead server within a second."""
-    return next((inter for limit, inter in _CHECK_TIERS if servers <= limit), 5000)
+    1 ms per server up to 4,000 (at most ~1,000 checks a second in all), then 8 s (about 600
+    checks a second at 5,000 servers: HAProxy spent 5-12 % of a core on 1,000 a second,
+    BENCHMARKS.md section 8). Small sites still see a dead server within a second."""
+    return next((inter for limit, inter in _CHECK_TIERS if servers <= limit), 8000)
 
 
-_CHECK_TIERS = ((500, 500), (1000, 1000), (2000, 2000), (3000, 3000))
+_CHECK_TIERS = ((500, 500), (1000, 1000), (2000, 2000), (3000, 3000), (4000, 4000))
 
 
 def with_ids(servers: Mapping[str, Server]) -> dict[str, Server]:
