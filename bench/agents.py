@@ -38,7 +38,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from support.load import Load
-from support.processes import Agent, Processes, connects, free_port, wait_until
+from support.processes import Agent, Processes, connects, free_port, nginx_conf, wait_until
 
 from .procs import processes
 from .replay import live_names, live_rows
@@ -108,27 +108,10 @@ def start_nginx_ports(procs: Processes, ports: Sequence[int]) -> subprocess.Pope
     request with its port number."""
     root = procs.workdir / "nginx-agents"
     root.mkdir()
-    listens = "\n".join(f"        listen 127.0.0.1:{port};" for port in ports)
+    listens = "".join(f"        listen 127.0.0.1:{port};\n" for port in ports)
     conf = root / "nginx.conf"
-    conf.write_text(f"""daemon off;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log warn;
-events {{ worker_connections 4096; }}
-http {{
-    access_log off;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    keepalive_requests 1000000;
-    server {{
-{listens}
-        location / {{ default_type text/plain; return 200 "$server_port\\n"; }}
-    }}
-}}
-""")
+    answer = '        location / { default_type text/plain; return 200 "$server_port\\n"; }\n'
+    conf.write_text(nginx_conf(root, listens + answer, worker_connections=4096, keepalive_requests=1000000))
     proc = procs.start("nginx-agents", ["nginx", "-p", str(root), "-c", str(conf)])
     wait_until(lambda: all(connects(p) for p in ports), timeout=20, what="nginx on every web port")
     return proc

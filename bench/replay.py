@@ -43,7 +43,7 @@ from serf_handlers.handlers.haproxy._live import ADMIN_MAINT, rows
 from serf_handlers.handlers.haproxy._runtime import Client, Unavailable
 from serf_handlers.handlers.haproxy._servers import check_interval
 from support.load import Load
-from support.processes import Processes, free_port
+from support.processes import Processes, children, free_port
 from support.site import member_line
 
 from .procs import processes, start_web
@@ -79,20 +79,6 @@ def live_names(socket: Path, backend: str = "web") -> tuple[set[str], set[str]]:
     for row in live_rows(socket, backend):
         (maint if int(row["srv_admin_state"]) & ADMIN_MAINT else serving).add(row["srv_name"])
     return serving, maint
-
-
-def children(pid: int) -> list[int]:
-    """The PIDs whose parent is `pid` (HAProxy's workers under the master we started)."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open(f"/proc/{entry}/stat") as f:
-                    if int(f.read().rsplit(") ", 1)[1].split()[1]) == pid:
-                        found.append(int(entry))
-            except (OSError, IndexError, ValueError):
-                continue
-    return found
 
 
 def cpu_seconds(pids: Iterable[int]) -> float:

@@ -252,8 +252,21 @@ def start_nginx(
     conf = root / "nginx.conf"
     text = body if body is not None else name
     (root / "health.conf").write_text(_HEALTH[True])
-    conf.write_text(
-        f"""daemon off;
+    server = (
+        f"        listen 127.0.0.1:{port};\n"
+        f'        location / {{ default_type text/plain; return 200 "{text}\\n"; }}\n'
+        f"        location = /healthz {{ default_type text/plain; include {root}/health.conf; }}\n"
+    )
+    conf.write_text(nginx_conf(root, server, worker_connections, keepalive_requests))
+    proc = procs.start(f"nginx-{port}", ["nginx", "-p", str(root), "-c", str(conf)])
+    wait_until(lambda: connects(port), timeout=10, what=f"nginx {name} on port {port}")
+    return proc
+
+
+def nginx_conf(root: Path, server: str, worker_connections: int = 1024, keepalive_requests: int = 100000) -> str:
+    """An nginx.conf for a foreground nginx whose files all live in `root`, with one
+    `server` block holding `server` (its listen and location lines)."""
+    return f"""daemon off;
 worker_processes 1;
 pid {root}/nginx.pid;
 error_log {root}/error.log warn;
@@ -267,16 +280,9 @@ http {{
     scgi_temp_path {root}/scgi;
     keepalive_requests {keepalive_requests};
     server {{
-        listen 127.0.0.1:{port};
-        location / {{ default_type text/plain; return 200 "{text}\\n"; }}
-        location = /healthz {{ default_type text/plain; include {root}/health.conf; }}
-    }}
+{server}    }}
 }}
 """
-    )
-    proc = procs.start(f"nginx-{port}", ["nginx", "-p", str(root), "-c", str(conf)])
-    wait_until(lambda: connects(port), timeout=10, what=f"nginx {name} on port {port}")
-    return proc
 
 
 # What `/healthz` answers (nginx's workers run as nobody and cannot see into our
@@ -291,7 +297,7 @@ def set_healthy(procs: Processes, port: int | str, healthy: bool) -> None:
     root = procs.workdir / f"nginx-{port}"
     (root / "health.conf").write_text(_HEALTH[healthy])
     master = next(p for p in procs.started if p.args[0] == "nginx" and str(root) in p.args)  # type: ignore[index,operator]
-    old_workers = _children(master.pid)
+    old_workers = children(master.pid)
     master.send_signal(signal.SIGHUP)
     want = 200 if healthy else 500
     # Until the old worker has gone, it may still accept a connection and answer the old way.
@@ -299,7 +305,7 @@ def set_healthy(procs: Processes, port: int | str, healthy: bool) -> None:
                timeout=10, interval=0.02, what=f"nginx on port {port} answering /healthz with {want}")
 
 
-def _children(pid: int) -> list[int]:
+def children(pid: int) -> list[int]:
     """The PIDs whose parent is `pid`."""
     found = []
     for entry in os.listdir("/proc"):

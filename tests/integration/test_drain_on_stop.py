@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from support.load import Load
-from support.processes import Agent, Processes, cluster_sees, free_port, require, start_nginx, wait_until
+from support.processes import Agent, Processes, children, cluster_sees, free_port, require, start_nginx, wait_until
 from support.site import Site
 from tests.integration.test_haproxy_operating import admin_state
 
@@ -74,13 +74,6 @@ def start_cluster(procs: Processes, *webs: str) -> Cluster:
     wait_until(lambda: all(admin_state(lb, name) == "ready" for name in webs), timeout=20,
                what=f"HAProxy serving {webs}")
     return cluster
-
-
-def children(pid: int) -> list[str]:
-    try:
-        return Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
 
 
 def start_script(procs: Processes, script: Path, name: str, **env: str) -> subprocess.Popen[bytes]:
