@@ -29,7 +29,16 @@ import pytest
 
 from serf_handlers.handlers.haproxy._servers import node_id
 from support.admin import admin, server_rows
-from support.processes import SERF_HANDLE, Agent, Processes, free_port, require, start_nginx, wait_until
+from support.processes import (
+    SERF_HANDLE,
+    Agent,
+    Processes,
+    cluster_sees,
+    free_port,
+    require,
+    start_nginx,
+    wait_until,
+)
 from support.site import Site, bodies
 
 pytestmark = pytest.mark.integration
@@ -150,6 +159,12 @@ def test_different_histories_render_identical_configs(cluster: Cluster) -> None:
     lb3 = start_lb(cluster, "lb3", haproxy=False)
     for lb in (lb2, lb3):
         wait_until(lambda lb=lb: lb.servers() == {"web1", "web2"}, timeout=20, what=f"{lb.dir.name} caught up")
+    # Every agent knows the late joiners before the next node joins: otherwise no one may
+    # gossip that join to lb3 until a push/pull sync, 30 s later (seen once in CI).
+    everyone = {"lb1", "lb2", "lb3", "web1", "web2"}
+    for agent in (lb1.agent, lb2.agent, lb3.agent, cluster.webs["web1"], cluster.webs["web2"]):
+        assert agent is not None
+        wait_until(cluster_sees(agent, everyone), timeout=20, what="every agent seeing the whole cluster")
     # lb2 misses web3's join.
     with missing_events(lb2, JOINS):
         cluster.add_web("web3")
