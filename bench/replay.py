@@ -25,8 +25,9 @@ Once per size, with all N servers and no traffic: the CPU of HAProxy's worker (i
 checks) and of nginx (answering them) over CPU_SECONDS, from /proc/<pid>/stat; and, as a
 breakdown of the handler's time, `show servers state` and `haproxy -c` of the N-server
 config timed alone. Reloads come from the site's reload counter: a change of more than
-RELOAD_ABOVE (250) servers is a reload by design (it costs less); the small events must
-cause none (target 0).
+`reload_above` (250) servers is a reload by design (it costs less; each round also times
+the storm through the runtime API only, to show by how much); the small events must cause
+none (target 0).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ CPU_SECONDS = 10.0
 SETTLE = 3.0  # seconds after the storm before HAProxy's CPU is read (first checks spread out)
 ADMIN_TIMEOUT = 60.0  # `show servers state` of 5,000 servers is slow
 EVENT_TIMEOUT = 300.0
+RUNTIME_ONLY = 1_000_000  # `reload_above` that no change reaches
 EXPECT_SECONDS = 30.0  # for HAProxy's live state to show a change (at once, unless it reloaded)
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -182,7 +184,8 @@ def _one_size(replay: Replay, rounds: int, cpu_window: float) -> dict[str, objec
     n, half = replay.n, replay.n // 2
     site = replay.site
     reloads_before = site.reload_count()
-    times: dict[str, list[float]] = {"storm": [], "leave": [], "rejoin": [], "small": [], "fresh": [], "restart": []}
+    times: dict[str, list[float]] = {"storm": [], "storm_runtime": [], "leave": [], "rejoin": [], "small": [],
+                                     "fresh": [], "restart": []}
     cpu_per_member: list[float] = []
     requests = failed = 0
     failures: list[str] = []
@@ -219,6 +222,14 @@ def _one_size(replay: Replay, rounds: int, cpu_window: float) -> dict[str, objec
         failures += [what for _t, what in load.failures[:3]]
         replay.event("member-leave", replay.lines)
         replay.expect((), "back to empty")
+        # The same storm through the runtime API only (no reload above `reload_above`): what
+        # the reload saves.
+        site.write_yml(reload_above=RUNTIME_ONLY)
+        times["storm_runtime"].append(replay.event("member-join", replay.lines))
+        replay.expect(replay.names, "storm through the runtime API")
+        replay.event("member-leave", replay.lines)
+        replay.expect((), "back to empty")
+        site.write_yml(reload_above=None)  # the default again
     for _ in range(rounds):
         site.state.unlink(missing_ok=True)
         times["fresh"].append(replay.reconcile())

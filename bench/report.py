@@ -579,6 +579,10 @@ def format_replay(r: dict[str, Any]) -> str:
         "Servers a removal left in maintenance because connections were still open (deleted by a later run), "
         "the most at any check: " + ", ".join(f"{per[n].get('deferred', 0)} at {n:,}" for n in sizes) + ".",
     ]
+    out.append("- The storm through the runtime API only (`reload_above` raised so that no change reaches it), "
+               "against the default (one reload above 250 servers): "
+               + ", ".join(f"{n:,}: {med(n, 'storm_runtime'):.2f} s against {med(n, 'storm'):.2f} s" for n in sizes)
+               + ".")
     if 1000 in per:
         worst = max(med(1000, "storm"), med(1000, "leave"))
         out.append(f"- 1,000 members in one event: join {med(1000, 'storm'):.2f} s, leave of 500 "

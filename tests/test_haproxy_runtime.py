@@ -17,7 +17,8 @@ import pytest
 from serf_handlers import _log
 from serf_handlers.errors import ConfigError
 from serf_handlers.events import Member
-from serf_handlers.handlers.haproxy import _execute, _runtime, _state
+from serf_handlers.handlers.haproxy import _runtime, _state
+from serf_handlers.handlers.haproxy._options import parse
 from serf_handlers.handlers.haproxy._runtime import filter_server_state
 from serf_handlers.handlers.haproxy._servers import node_id
 from tests.test_haproxy_handler import Env, web
@@ -394,6 +395,9 @@ def test_a_socket_that_stops_answering_mid_change_fails_without_a_reload_and_the
 # --- a change of many servers: a reload costs less -----------------------------------------
 
 
+LIMIT = parse().reload_above  # the default: 250 servers
+
+
 def many(count: int, port: int = 9000) -> list[Member]:
     return [web(f"n{i:04d}", port, addr=f"10.1.{i >> 8}.{i & 255}") for i in range(count)]
 
@@ -402,13 +406,13 @@ def test_a_change_of_many_servers_reloads_instead_and_a_few_go_through_the_runti
     live: tuple[Env, FakeAdmin],
 ) -> None:
     env, admin = live
-    env.event("member-join", *many(_execute.RELOAD_ABOVE))  # at the limit: the runtime API
-    assert env.reload_count() == 0 and len(admin.servers) == _execute.RELOAD_ABOVE
+    env.event("member-join", *many(LIMIT))  # at the limit: the runtime API
+    assert env.reload_count() == 0 and len(admin.servers) == LIMIT
     admin.take()
-    env.event("member-join", *many(2 * _execute.RELOAD_ABOVE + 1))  # above it: one reload, no commands
+    env.event("member-join", *many(2 * LIMIT + 1))  # above it: one reload, no commands
     assert env.reload_count() == 1
     assert admin.take() == []
-    assert len(env.server_lines()) == 2 * _execute.RELOAD_ABOVE + 1
+    assert len(env.server_lines()) == 2 * LIMIT + 1
 
 
 def test_when_that_reload_fails_the_runtime_api_makes_the_change(short_dir: Path) -> None:
@@ -417,8 +421,28 @@ def test_when_that_reload_fails_the_runtime_api_makes_the_change(short_dir: Path
         env = Env(short_dir, socket=admin.path, reload=["false"],
                   vars={"bind": "127.0.0.1:18080", "socket": admin.path})
         env.handler.render(write=True)
-        env.event("member-join", *many(_execute.RELOAD_ABOVE + 1))
-        assert len(admin.servers) == _execute.RELOAD_ABOVE + 1
+        env.event("member-join", *many(LIMIT + 1))
+        assert len(admin.servers) == LIMIT + 1
         assert all(server["admin"] == "0" for server in admin.servers.values())
+    finally:
+        admin.close()
+
+
+@pytest.mark.parametrize(
+    ("reload_above", "reloads"),
+    [
+        pytest.param(10, 1, id="a lower limit: 11 servers are one reload"),
+        pytest.param(1_000_000, 0, id="never: always the runtime API"),
+    ],
+)
+def test_reload_above_is_the_operators_choice(short_dir: Path, reload_above: int, reloads: int) -> None:
+    admin = FakeAdmin(str(short_dir / "admin.sock"))
+    try:
+        env = Env(short_dir, socket=admin.path, reload_above=reload_above,
+                  vars={"bind": "127.0.0.1:18080", "socket": admin.path})
+        env.handler.render(write=True)
+        env.event("member-join", *many(11))
+        assert env.reload_count() == reloads
+        assert len(env.server_lines()) == 11
     finally:
         admin.close()

@@ -15,7 +15,7 @@ throughout and does, in this order:
    early drains are undone: save ROLLBACK. When `haproxy -c` refuses it because of some
    members' values, those members are skipped (named once) and the run starts again
    without them, so one member cannot block the others.
-5. Change HAProxy's servers through the runtime API (a change of more than RELOAD_ABOVE
+5. Change HAProxy's servers through the runtime API (a change of more than `reload_above`
    servers: by a reload, which costs less; the runtime API if that reload fails); if
    HAProxy refuses, or never
    answered in this run, fall back to a reload. If it answered and then stopped (a
@@ -51,11 +51,6 @@ from ._install import ValidationError
 from ._plan import fingerprint, make_plan
 from ._render import health_checks, render, server_state_file
 from ._servers import with_ids
-
-# Servers changed in one run above which a reload replaces the runtime API. Measured side by
-# side (a join into an empty backend, handler time): 1,000 servers 0.28 s through the
-# runtime API, 0.19 s by a reload; 5,000 servers 1.26 s against 0.44 s.
-RELOAD_ABOVE = 250
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -138,7 +133,8 @@ def _apply(plan: Plan, options: Options, runtime: Runtime | None) -> tuple[Key, 
     """Steps 5 and 6: returns the deletions still pending."""
     pending = plan.done.pending
     reason = plan.reload
-    if runtime is not None and reason is None and plan.reload_if_runtime_fails and plan.runtime.size > RELOAD_ABOVE:
+    many = plan.runtime.size > options.reload_above
+    if runtime is not None and reason is None and plan.reload_if_runtime_fails and many:
         done = _reload_instead(runtime, plan, options)
         if done is not None:
             return done
@@ -157,7 +153,7 @@ def _apply(plan: Plan, options: Options, runtime: Runtime | None) -> tuple[Key, 
 def _reload_instead(runtime: Runtime, plan: Plan, options: Options) -> tuple[Key, ...] | None:
     """A change of many servers at once: one hitless reload costs less than three runtime-API
     commands per server (HAProxy's cost per command grows with the backend: BENCHMARKS.md,
-    section 8). If the reload fails, None: the runtime API makes the change instead, so a
+    section 8, times both). If the reload fails, None: the runtime API makes the change instead, so a
     reload that keeps failing (a starved machine) never blocks it."""
     why = f"{plan.runtime.size} servers change: a reload costs less than the runtime API"
     try:

@@ -55,6 +55,8 @@ class HAProxyHandler:
                                        # `drained NODE`: one line, has it drained NODE?)
             check_path: null           # e.g. /healthz: HTTP health checks (2xx/3xx) instead of TCP
             check_inter: null          # ms between checks; null: 500 up to 500 servers, longer above
+            check_spread: 5            # HAProxy's spread-checks percent
+            reload_above: 250          # with socket: a change of more servers is one reload (cheaper)
             backup: false              # keep the previous config as <config>.bak
 
     A member's `weight` tag (0-256) and `state` tag (ready, drain, maint) are honoured.

@@ -41,6 +41,7 @@ class Options(NamedTuple):
     tcp: Mapping[str, str]  # TCP service (backend name) -> its listen address
     backup: bool  # keep the previous config as <config>.bak
     check_spread: int  # HAProxy's `spread-checks`: each check interval varies by up to this percent
+    reload_above: int  # with `socket`: a change of more servers than this is one reload (it costs less)
 
 
 def parse(
@@ -63,6 +64,7 @@ def parse(
     tcp: object = None,
     backup: object = False,
     check_spread: object = 5,
+    reload_above: object = 250,
 ) -> Options:
     if not isinstance(role, str) or not role:
         raise ConfigError(f"role: expected a non-empty string, got {role!r}")
@@ -90,7 +92,7 @@ def parse(
     return Options(
         role, port, backend, config, template, vars, state, check, haproxy, reload, socket, on_failed, query,
         _fraction(min_alive, "min_alive"), _check_path(check_path), _check_inter(check_inter), _tcp(tcp, backend),
-        _flag(backup, "backup"), _check_spread(check_spread),
+        _flag(backup, "backup"), _check_spread(check_spread), _reload_above(reload_above),
     )
 
 
@@ -139,6 +141,12 @@ def _check_inter(value: object) -> int | None:
 def _check_spread(value: object) -> int:
     if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 50:
         raise ConfigError(f"check_spread: expected a percent from 0 to 50, got {value!r}")
+    return value
+
+
+def _reload_above(value: object) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ConfigError(f"reload_above: expected a number of servers (0 or more), got {value!r}")
     return value
 
 
