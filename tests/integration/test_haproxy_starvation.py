@@ -1,5 +1,6 @@
 """Issue 13, "never stuck": a starved HAProxy must not flip the handler into a reload path
-that never succeeds; the server set is right as soon as HAProxy answers again.
+that never succeeds; the server set is right as soon as HAProxy answers again. And big
+batches: a change of many servers is one reload, the runtime API when that reload fails.
 
 Real HAProxy 2.6 (master-worker, admin socket: runtime-API mode) and the real `serf-handle`,
 fed events as Serf feeds them. Judged by HAProxy's live `show servers state`.
@@ -107,7 +108,13 @@ def test_haproxy_frozen_mid_change_with_failing_reloads_does_not_get_stuck(lb: S
     assert "answered earlier in this run; not reloading" in err
     assert any("previous config put back" in line for line in lb.log_lines())
     assert lb.reload_count() == 0 and "reload overran" not in err
-    print(f"\nfrozen mid-change: failed in {took:.1f} s, no reload, config put back")
+    # What HAProxy has, the state and `status` agree that the change is unfinished.
+    assert lb.servers() == {name for name, _, _ in first}
+    assert live_names(lb) < lb.servers()  # frozen before it finished
+    status = lb.run(None, args=["status"])
+    assert status.returncode == 1 and "HAProxy differs from this" in status.stdout.decode()
+    print(f"\nfrozen mid-change: failed in {took:.1f} s, no reload, config put back, "
+          f"{len(live_names(lb))} of {len(first)} servers live")
 
     # The next event goes through the runtime API (before: it demanded a reload, which failed).
     started = time.monotonic()
@@ -115,7 +122,7 @@ def test_haproxy_frozen_mid_change_with_failing_reloads_does_not_get_stuck(lb: S
     took = time.monotonic() - started
     assert healed.returncode == 0, healed.stderr.decode()
     want = {name for name, _, _ in first + second}
-    assert live_names(lb) == want
+    assert live_names(lb) == want == lb.servers() == lb.applied()
     assert lb.reload_count() == 0
     status = lb.run(None, args=["status"])
     assert status.returncode == 0, status.stdout.decode()[-500:]
@@ -154,6 +161,7 @@ def test_under_cpu_starvation_every_run_is_bounded_and_the_server_set_ends_right
     reconcile_took = time.monotonic() - started
     assert final.returncode == 0, final.stderr.decode()
     wait_until(lambda: live_names(lb) == alive, timeout=10, what="HAProxy's servers equal the members")
+    assert lb.servers() == lb.applied() == alive
     status = lb.run(None, args=["status"])
     assert status.returncode == 0, status.stdout.decode()[-500:]
     # Bounded: no run waited for ever on the socket or a reload.
@@ -162,3 +170,39 @@ def test_under_cpu_starvation_every_run_is_bounded_and_the_server_set_ends_right
     print(f"\nstarved ({BUSY} busy processes, load {load:.0f}): {len(runs)} runs, {len(failed)} failed, "
           f"longest {max(t for _, _, t in runs):.1f} s, reloads {lb.reload_count()}; "
           f"reconcile after: {reconcile_took:.1f} s, {len(alive)} servers right")
+
+
+# --- big batches: one reload, and the runtime API when that reload fails ------------------
+
+
+def test_a_change_of_many_servers_is_one_reload_or_if_that_fails_the_runtime_api(lb: Site) -> None:
+    group = members(0, 300)  # above reload_above (250)
+    done = lb.run("member-join", lines(group), timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert lb.reload_count() == 1
+    want = {name for name, _, _ in group}
+    wait_until(lambda: live_names(lb) == want, timeout=20, what="the reloaded HAProxy serving all 300")
+    assert lb.servers() == lb.applied() == want
+    # The reload fails (a loaded machine): the runtime API makes the change instead.
+    (lb.dir / "loaded").touch()
+    done = lb.run("member-leave", lines(group), timeout=120)
+    assert done.returncode == 0, done.stderr.decode()
+    assert any("reload failed; changing the servers through the runtime API" in line for line in lb.log_lines())
+    assert live_names(lb) == lb.servers() == lb.applied() == set()
+    assert lb.reload_count() == 1
+    status = lb.run(None, args=["status"])
+    assert status.returncode == 0, status.stdout.decode()[-500:]
+
+
+def test_with_the_state_lost_a_reconcile_of_many_members_goes_through_the_runtime_api(lb: Site) -> None:
+    group = members(0, 300)
+    lb.must(event="member-join", stdin=lines(group[:200]))
+    lb.state.unlink()  # HAProxy serves the 200 the installed file names
+    reloads = lb.reload_count()
+    done = lb.reconcile([(name, address(int(name[3:])), {"role": "web", "port": "9"}) for name, _, _ in group])
+    assert done.returncode == 0, done.stderr.decode()
+    want = {name for name, _, _ in group}
+    assert live_names(lb) == lb.servers() == lb.applied() == want
+    assert lb.reload_count() == reloads  # 100 added live: HAProxy was known to run the installed file
+    status = lb.run(None, args=["status"])
+    assert status.returncode == 0, status.stdout.decode()[-500:]
