@@ -25,17 +25,17 @@ sys.exit(0 if s.recv(1) else 1)
 }
 
 lb_wait_until_up() {
-    local who=${0##*/} deadline=$((SECONDS + $1))
-    until lb_agent_answers; do
-        if ((SECONDS >= deadline)); then
-            echo "$who: the serf agent did not answer within $1 s" >&2
-            return 1
-        fi
-        sleep 0.5
-    done
-    until lb_admin_socket_answers; do
-        if ((SECONDS >= deadline)); then
-            echo "$who: HAProxy's admin socket $LB_ADMIN_SOCKET did not answer within $1 s" >&2
+    local deadline=$((SECONDS + $1))
+    _lb_wait "$deadline" "$1" lb_agent_answers "the serf agent" &&
+        _lb_wait "$deadline" "$1" lb_admin_socket_answers "HAProxy's admin socket $LB_ADMIN_SOCKET"
+}
+
+# _lb_wait DEADLINE SECONDS CHECK WHAT: run CHECK every 0.5 s until it succeeds, or fail
+# saying that WHAT did not answer within SECONDS.
+_lb_wait() {
+    until "$3"; do
+        if ((SECONDS >= $1)); then
+            echo "${0##*/}: $4 did not answer within $2 s" >&2
             return 1
         fi
         sleep 0.5
