@@ -49,6 +49,13 @@ FAMILIES: dict[str, tuple[str, str]] = {
     P + "haproxy_servers": ("gauge", "Servers HAProxy has after the last change, by backend and state."),
     P + "haproxy_failed_servers_kept": ("gauge", "Failed members kept by the partition rule (min_alive), by backend."),
     P + "haproxy_skipped_members": ("gauge", "Members not served now because they cannot be."),
+    P + "haproxy_install_failures_total": (
+        "counter", "Runs whose config could not be installed for no member's fault (template, certificate, disk).",
+    ),
+    P + "haproxy_config_behind": (
+        "gauge", "1 while the installed config file is behind HAProxy's live servers (see serf-handle status).",
+    ),
+    P + "tls_certificate_expiry_timestamp_seconds": ("gauge", "Each TLS certificate file's notAfter (Unix time)."),
 }
 # Counters written even before anything happened, so that rate() and increase() see them from zero.
 _ZERO = {
@@ -57,6 +64,7 @@ _ZERO = {
     P + "haproxy_reload_failures_total": ("",),
     P + "haproxy_runtime_commands_total": ("",),
     P + "haproxy_skipped_members_total": ("",),
+    P + "haproxy_install_failures_total": ("",),
 }
 LOCK_TIMEOUT = 10.0  # seconds; the lock is held only to read and rewrite one small file
 

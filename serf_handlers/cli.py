@@ -15,7 +15,7 @@ from . import __version__, _cache, _log, _metrics
 from ._typing import TYPE_CHECKING
 from .config import Config, build_dispatcher, find_config, load_config
 from .dispatch import EXIT_BAD_INPUT, EXIT_HANDLER_FAILED, EXIT_OK, Dispatcher, Drift
-from .errors import ConfigError, SerfHandlersError
+from .errors import ConfigError, HandlerError, SerfHandlersError
 
 if TYPE_CHECKING:
     import argparse
@@ -79,8 +79,9 @@ def _check(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: M
     for registration in dispatcher.registrations:
         role = f" role={registration.role}" if registration.role is not None else ""
         print(f"handler {registration.name}: events={','.join(registration.events)}{role}")
+    expiring: list[str] = []
     for name, options in _tls_handlers(dispatcher):
-        from .handlers.haproxy._certs import check
+        from .handlers.haproxy._certs import check, expiry_notices
 
         try:
             certs = check(options.vars["tls_certs"], options.vars.get("tls_default_cert"))
@@ -89,6 +90,10 @@ def _check(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: M
         first = min(certs, key=lambda c: c.not_after)
         print(f"handler {name}: tls: {len(certs)} certificate(s) in {options.vars['tls_certs']}, "
               f"the first to expire: {first.path}, {time.strftime('%Y-%m-%d', time.gmtime(first.not_after))}")
+        expiring.extend(f"{name}: {notice}" for notice in expiry_notices(certs))
+    if expiring:
+        # Membership changes go on (HAProxy loads these files); `check` is the operator's alarm.
+        raise HandlerError(f"renew the certificate(s): {'; '.join(expiring)}")
     return EXIT_OK
 
 

@@ -241,7 +241,7 @@ class Site:
 
     # --- HAProxy in front, a serf agent running the handler, web nodes -----------------------
 
-    def serve(self, procs: Processes, mode: str = "reload") -> None:
+    def serve(self, procs: Processes, mode: str = "reload", vars: Mapping[str, Any] | None = None) -> None:
         """Start HAProxy for this site, from the config `render --write` installs (an empty
         backend, as an image does before any member), and wait until it answers 503.
 
@@ -250,13 +250,15 @@ class Site:
           a reload only as the fallback;
         - "reload": master-worker HAProxy, no socket: rewrite + `kill -USR2 <master>`;
         - "naive": daemonized HAProxy (`-D`), rewrite + `haproxy -D -f cfg -p pid -sf $(cat pid)`.
+
+        `vars`: more template variables (TLS termination, say).
         """
         require("haproxy")
         if mode not in MODES:
             raise ValueError(f"mode {mode!r}: expected one of {MODES}")
         self.procs, self.mode, self.port = procs, mode, free_port()
         self.write_yml(
-            vars={"bind": f"127.0.0.1:{self.port}", "socket": str(self.admin_socket)},
+            vars={"bind": f"127.0.0.1:{self.port}", "socket": str(self.admin_socket), **(vars or {})},
             reload=self.reload_argv(),
             socket=str(self.admin_socket) if mode == "runtime" else None,
         )

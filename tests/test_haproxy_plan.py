@@ -15,13 +15,14 @@ from serf_handlers.handlers.haproxy._options import parse
 from serf_handlers.handlers.haproxy._plan import (
     NO_CHANGE,
     Plan,
+    live_only,
     make_plan,
     runtime_change,
     wanted_after_event,
     wanted_from_members,
 )
 from serf_handlers.handlers.haproxy._servers import Server, from_member
-from serf_handlers.handlers.haproxy._state import EMPTY, State
+from serf_handlers.handlers.haproxy._state import EMPTY, Behind, State
 
 RELOAD = parse(reload=["kill", "-USR2", "1"])
 LIVE = parse(reload=["kill", "-USR2", "1"], socket="/run/admin.sock")
@@ -71,7 +72,7 @@ def applied(*items: Server, pending: tuple[tuple[str, str], ...] = ()) -> State:
         pytest.param(
             applied(A, pending=(("web", "old"),)), servers(A), fake_render(servers(A)), LIVE,
             {"text": None, "runtime": NO_CHANGE._replace(delete=(("web", "old"),)), "reload": None,
-             "reload_if_runtime_fails": False},
+             "if_runtime_fails": "wait"},
             id="repeated event retries a deferred deletion, never reloads for it",
         ),
         pytest.param(
@@ -353,3 +354,52 @@ def test_state_lost_while_haproxy_runs_the_installed_file_goes_through_the_runti
     other = make_plan(EMPTY, EMPTY._replace(servers=servers(A, B)), fake_render(servers(A)), fake_render, LIVE,
                       full=True, live=live(A, C))
     assert other.reload == "HAProxy's current servers are unknown"
+
+
+# --- the config file cannot be installed (issue 18): the runtime API still makes the change ----
+
+
+WHY = "vars.tls_certs: /etc/certs/b.pem: no private key in it"
+
+
+@pytest.mark.parametrize(
+    ("old", "wanted", "options", "haproxy", "expected"),
+    [
+        pytest.param(applied(A), servers(A, B), LIVE, live(A), NO_CHANGE._replace(add=(B,)),
+                     id="a join reaches HAProxy live"),
+        pytest.param(applied(A, B), servers(B), LIVE, live(A, B), NO_CHANGE._replace(drain=(A,), delete=(A.key,)),
+                     id="a leave reaches HAProxy live"),
+        pytest.param(applied(A), servers(A, server("b", 8082, backend="api")), LIVE, live(A), NO_CHANGE,
+                     id="a server of a backend HAProxy does not have waits for the file"),
+        pytest.param(applied(A), servers(A, B), RELOAD, live(A), None, id="no socket: nothing can be applied"),
+        pytest.param(applied(A), servers(A, B), LIVE, None, None, id="HAProxy silent: nothing can be applied"),
+        pytest.param(State(servers(A), None), servers(A, B), LIVE, live(A), None,
+                     id="what HAProxy runs is unknown: nothing can be applied"),
+    ],
+)
+def test_live_only(old: State, wanted: dict[str, Server], options, haproxy, expected) -> None:
+    result = live_only(old, old._replace(servers=wanted), WHY, options, haproxy)
+    if expected is None:
+        assert result is None
+        return
+    assert result is not None
+    assert result.runtime == expected and result.text is None and result.reload is None
+    assert result.if_runtime_fails == "fail" and result.error == WHY
+    assert result.done.behind == Behind(WHY, old.applied)  # the installed file still renders what it did
+    assert result.done.servers == wanted  # the membership is kept in full
+    reachable = {node: s for node, s in wanted.items() if s.backend == "web"}
+    assert result.done.applied == reachable
+
+
+def test_the_first_run_after_the_fix_installs_the_file_without_a_reload() -> None:
+    # HAProxy got B live while the file could not be written: it still renders A alone.
+    behind = State(servers(A, B), servers(A, B), behind=Behind(WHY, servers(A)))
+    result = make_plan(behind, behind, fake_render(servers(A)), fake_render, LIVE, live=live(A, B))
+    assert result.text == fake_render(servers(A, B)) and result.reload is None and result.runtime == NO_CHANGE
+    assert result.done.behind is None
+    # Still behind with nothing new: not skipped as "already applied" (the file is retried).
+    again = make_plan(behind, behind, fake_render(servers(A)), fake_render, LIVE, live=live(A, B))
+    assert again.text is not None
+    # A file changed otherwise (not what the record says it renders) still reloads.
+    edited = make_plan(behind, behind, "edited by hand\n", fake_render, LIVE, live=live(A, B))
+    assert edited.reload == "the installed config was not the one HAProxy runs"

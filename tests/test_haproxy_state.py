@@ -40,6 +40,17 @@ def test_round_trip(tmp_path: Path) -> None:
     assert _state.dumps(loaded) == Path(path).read_bytes()
 
 
+def test_notices_and_a_file_behind_round_trip(tmp_path: Path) -> None:
+    path = str(tmp_path / "state.json")
+    state = _state.State({WEB1.node: WEB1, WEB2.node: WEB2}, {WEB1.node: WEB1, WEB2.node: WEB2},
+                         notices=("/c/a.pem: the certificate expires on 2027-01-01 00:00:00 UTC, in 3 day(s)",),
+                         behind=_state.Behind("template t.j2 line 2: oops", {WEB1.node: WEB1}))
+    _state.save(path, state)
+    assert _state.load(path) == state and _state.same(_state.load(path), state)
+    assert not _state.same(state, state._replace(behind=None))
+    assert not _state.same(state, state._replace(notices=()))
+
+
 def test_applied_equal_to_servers_is_written_once(tmp_path: Path) -> None:
     path = str(tmp_path / "state.json")
     servers = {WEB1.node: WEB1, WEB2.node: WEB2}

@@ -1,6 +1,6 @@
 """TLS termination in the built-in template (vars.tls_*): the rendered config (both renderers,
 byte-identical, accepted by the real `haproxy -c`), the option checks, the certificate checks
-(missing directory, unreadable file, key not matching, expired) through the real `serf-handle`,
+(missing directory, unreadable file, key not matching; an expired one only warns) through the real `serf-handle`,
 and the runtime API's payload form. Certificates are made here with `openssl`."""
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from serf_handlers.handlers.haproxy._jinja import BUILTIN_TEMPLATE, render
 from serf_handlers.handlers.haproxy._plan import wanted_from_members
 from serf_handlers.handlers.haproxy._render import context as render_context
 from serf_handlers.handlers.haproxy._state import EMPTY
-from support.certs import make_cert
+from support.certs import make_cert, make_expired_cert
 from support.site import Site, member_line, stderr_lines
 
 pytestmark = pytest.mark.skipif(
@@ -26,32 +26,6 @@ pytestmark = pytest.mark.skipif(
 )
 
 # --- certificates, made with openssl (support/certs.py) ---------------------------------------------
-
-
-def make_expired_cert(directory: Path, name: str) -> Path:
-    """A certificate valid only in January 2020 (`openssl ca` sets past dates; `req` cannot)."""
-    work = directory.parent / f".ca-{name}"
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "index.txt").write_text("")
-    (work / "serial").write_text("01\n")
-    (work / "ca.cnf").write_text(
-        "[ca]\ndefault_ca = d\n[d]\ndatabase = index.txt\nnew_certs_dir = .\nserial = serial\n"
-        "default_md = sha256\npolicy = p\nunique_subject = no\n[p]\ncommonName = supplied\n"
-    )
-    subprocess.run(
-        ["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
-         "-subj", f"/CN={name}", "-keyout", "key.pem", "-out", "req.csr"],
-        check=True, capture_output=True, timeout=30, cwd=work,
-    )
-    subprocess.run(
-        ["openssl", "ca", "-batch", "-notext", "-config", "ca.cnf", "-selfsign", "-keyfile", "key.pem", "-in",
-         "req.csr", "-startdate", "20200101000000Z", "-enddate", "20200201000000Z", "-out", "cert.pem"],
-        check=True, capture_output=True, timeout=30, cwd=work,
-    )
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / f"{name}.pem"
-    path.write_text((work / "cert.pem").read_text() + (work / "key.pem").read_text())
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -173,10 +147,6 @@ def bad_cases(tmp_path: Path) -> dict[str, tuple[Path, str]]:
     make_cert(d, "a.example")
     make_cert(d, "b.example", key_from=a)
     cases["key not matching"] = (d, f"{d}/b.example.pem: the private key does not match the certificate")
-    d = tmp_path / "expired"
-    make_cert(d, "a.example")
-    make_expired_cert(d, "old.example")
-    cases["expired"] = (d, f"{d}/old.example.pem: the certificate expired on 2020-02-01 00:00:00 UTC")
     d = tmp_path / "nokey"
     d.mkdir()
     (d / "a.pem").write_text(a.read_text().split("-----BEGIN PRIVATE KEY-----")[0])
@@ -252,3 +222,47 @@ def test_payload_command_only_carries_pem(certs: Path) -> None:
     ]:
         with pytest.raises(ValueError, match="refusing"):
             _certs.payload_command(command, payload)
+
+
+# --- an expiring certificate is a warning, never a stop (issue 18) --------------------------------
+
+
+@pytest.mark.parametrize(
+    ("not_after", "expected"),
+    [
+        pytest.param(1_000_000.0 + 30 * 86400, None, id="30 days left: nothing"),
+        pytest.param(1_000_000.0 + 13.5 * 86400, "expires on 1970-01-26 01:46:40 UTC, in 13 day(s)",
+                     id="within WARN_DAYS: expires"),
+        pytest.param(1_000_000.0 - 2.5 * 86400, "expired on 1970-01-10 01:46:40 UTC, 2 day(s) ago (still served)",
+                     id="past: expired, with the days (so the warning is repeated at most once a day)"),
+    ],
+)
+def test_expiry_notices(not_after: float, expected: str | None) -> None:
+    cert = _certs.Cert("/c/a.pem", "AB", not_after, "")
+    notices = _certs.expiry_notices([cert], now=1_000_000.0)
+    assert notices == ([] if expected is None else [f"/c/a.pem: the certificate {expected}"])
+
+
+def test_an_expired_certificate_warns_once_and_the_membership_changes(tmp_path: Path) -> None:
+    """Through the real serf-handle (reload mode): the joins are installed and exit 0; the
+    warning names the file and is logged by the first run only; `check` exits 1 naming it;
+    the gauge carries its notAfter."""
+    certs = tmp_path / "certs"
+    make_cert(certs, "a.example")
+    old = make_expired_cert(certs, "old.example")
+    site = Site(tmp_path / "site", vars=tls_vars(certs))
+    site.metrics = tmp_path / "metrics.prom"
+    site.write_yml()
+    first = site.join(member_line("web1", "10.0.0.1"))
+    second = site.join(member_line("web2", "10.0.0.2"))
+    assert first.returncode == 0 and second.returncode == 0, (first.stderr, second.stderr)
+    assert site.servers() == {"web1", "web2"} and len(site.server_lines()) == 2
+    warning = f"{old}: the certificate expired on 2020-02-01 00:00:00 UTC"
+    assert warning.encode() in first.stderr and b"WARNING" in first.stderr
+    assert warning.encode() not in second.stderr
+    assert f'tls_certificate_expiry_timestamp_seconds{{file="{old}"}} 1580515200'.encode() in \
+        site.metrics.read_bytes()
+    check = site.run(None, args=["check"])
+    assert check.returncode == 1 and warning in check.stderr.decode() and "renew" in check.stderr.decode()
+    status = site.run(None, args=["status"])
+    assert status.returncode == 0 and f"tls warning: {warning}".encode() in status.stdout

@@ -38,7 +38,7 @@ WEBS = ("web1", "web2", "web3")
 # Serf runs this with the event's stdin and SERF_* environment: one serf-handle run, recorded.
 _RECORD_RUN = """#!/bin/sh
 # usage: record-run SERF_HANDLE CONFIG RUNS_LOG
-printf 'start %s\n' "$SERF_EVENT" >> "$3"
+printf 'start %s %s\n' "$SERF_EVENT" "$(date +%s.%N)" >> "$3"
 err=$(mktemp)
 "$1" --config "$2" 2>"$err"
 code=$?
@@ -93,6 +93,16 @@ def idle(lb: Site) -> bool:
     return sum(line.startswith("start ") for line in lines) == sum(line == "end" for line in lines)
 
 
+def started_at(lb: Site, event: str, after: int = 0) -> float:
+    """When Serf started the first run of `event` after the first `after` starts (Unix time)."""
+
+    def found() -> float | None:
+        starts = [line.split() for line in runs_log(lb).read_text().splitlines() if line.startswith("start ")]
+        return next((float(s[2]) for s in starts[after:] if s[1] == event), None)
+
+    return wait_until(found, timeout=20, what=f"the start of a {event} run")
+
+
 def mark(lb: Site) -> int:
     """Where the next runs begin, for `next_run` (once the run under way, if any, finished)."""
     wait_until(lambda: idle(lb), timeout=20, what="the run under way")
@@ -106,14 +116,18 @@ def next_run(lb: Site, after: int, event: str, timeout: float = 20) -> Run:
     )
 
 
-def start_lb(procs: Processes, webs: tuple[str, ...] = WEBS, handler: bool = True, **options: Any) -> Site:
+def start_lb(
+    procs: Processes, webs: tuple[str, ...] = WEBS, handler: bool = True, serve_vars: dict[str, Any] | None = None,
+    **options: Any,
+) -> Site:
     """HAProxy (runtime-API mode, JSON log to handler.jsonl), the `lb` serf agent and `webs`,
     all served. With `handler=False` the agent runs no event handler: the servers come from
-    one `serf-handle reconcile`, and nothing but the test changes them afterwards."""
+    one `serf-handle reconcile`, and nothing but the test changes them afterwards.
+    `serve_vars`: more template variables."""
     require("serf", "haproxy", "nginx")
     lb = Site(procs.workdir, log={"level": "info", "format": "json", "file": str(procs.workdir / "handler.jsonl")},
               **options)
-    lb.serve(procs, "runtime")
+    lb.serve(procs, "runtime", serve_vars)
     wrapper = lb.dir / "record-run"
     wrapper.write_text(_RECORD_RUN)
     command = f"sh {wrapper} {lb.serf_handle} {lb.yml} {runs_log(lb)}"

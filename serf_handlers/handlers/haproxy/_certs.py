@@ -1,10 +1,18 @@
 """TLS certificates (`vars.tls_certs`): checked before every install, applied live by `serf-handle certs`.
 
 The check (`check`) runs whenever a config is rendered with `tls_certs` set, so every run,
-`serf-handle check` and `serf-handle certs` refuse a missing or unreadable directory, a file
-without a certificate or a private key, a key that does not match its certificate, and an
-expired certificate, in one line naming each bad file; the installed config is then left as it
-was. HAProxy's own `haproxy -c` catches most of this too, but not an expired certificate.
+`serf-handle check` and `serf-handle certs` refuse what HAProxy itself would refuse: a
+missing or unreadable directory, a file without a certificate or a private key, a key that
+does not match its certificate, in one line naming each bad file. The config file then
+stays as it was, while the membership change still reaches HAProxy through the runtime API
+(`_plan.live_only`).
+
+An expired certificate, or one that expires within `WARN_DAYS`, is loaded by HAProxy, so it
+stops nothing: `expiry_notices` words a warning per file, which a run logs only when it
+differs from what the state recorded as last said (`State.notices`), so an unchanged
+directory is not warned about on every event; `status` and the metrics gauge
+`serf_handlers_tls_certificate_expiry_timestamp_seconds{file}` show it always, and
+`serf-handle check` exits 1 for it (it is the operator's tool).
 
 `apply` brings HAProxy's certificates to the directory's files through the runtime API, with no
 reload and no connection touched: a replaced file is sent with `set ssl cert <file> <<` and
@@ -24,6 +32,7 @@ import time
 from ... import _log
 from ..._typing import TYPE_CHECKING, NamedTuple
 from ...errors import ConfigError, HandlerError
+from ._install import CannotInstall
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -34,12 +43,13 @@ if TYPE_CHECKING:
 # one of these (extra files it loads next to a certificate), and anything not a regular file.
 IGNORED_SUFFIXES = (".issuer", ".ocsp", ".sctl", ".key")
 OPENSSL_TIMEOUT = 10.0
+WARN_DAYS = 14  # a warning this long before a certificate expires (ACME clients renew at 30 days left)
 _PEM_BLOCK = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.S)
 _BASE64_LINE = re.compile(r"[A-Za-z0-9+/=]+")
 
 
-class CertError(HandlerError):
-    """A certificate file HAProxy must not be given; the message names every bad file."""
+class CertError(CannotInstall):
+    """A certificate file HAProxy refuses; the message names every bad file."""
 
 
 class Cert(NamedTuple):
@@ -68,9 +78,10 @@ def files(directory: str) -> list[str]:
     return names
 
 
-def check(directory: str, default: str | None = None, now: float | None = None) -> list[Cert]:
+def check(directory: str, default: str | None = None) -> list[Cert]:
     """Every certificate HAProxy would load from `directory`, checked; raises CertError naming
-    each bad file (one line). The result is kept for the run, keyed by the files' identity."""
+    each file HAProxy would refuse (one line). Expiry is not checked here (`expiry_notices`).
+    The result is kept for the run, keyed by the files' identity."""
     where = f"vars.tls_certs: {directory}"
     try:
         names = files(directory)
@@ -81,14 +92,13 @@ def check(directory: str, default: str | None = None, now: float | None = None) 
     if default is not None and default not in names:
         raise CertError(f"vars.tls_default_cert: {os.path.join(directory, default)}: no such certificate file")
     paths = [os.path.join(directory, name) for name in names]
-    key = (now is None, *(_identity(p) for p in paths))
+    key = tuple(_identity(p) for p in paths)
     if key in _checked:
         return _checked[key]
-    now = time.time() if now is None else now
     certs, problems = [], []
     for path in paths:
         try:
-            certs.append(_check_file(path, now))
+            certs.append(_check_file(path))
         except CertError as exc:
             problems.append(f"{path}: {exc}")
     if problems:
@@ -105,7 +115,44 @@ def _identity(path: str) -> tuple[object, ...]:
     return (path, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
-def _check_file(path: str, now: float) -> Cert:
+def expiry_notices(certs: list[Cert], now: float | None = None) -> list[str]:
+    """One line per certificate that expired or expires within WARN_DAYS, naming the file and the date."""
+    now = time.time() if now is None else now
+    notices = []
+    for cert in certs:
+        # The day count is in the text, so a run that logs changed notices only (see the module
+        # docstring) repeats each at most once a day.
+        when = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(cert.not_after))
+        days = int(abs(cert.not_after - now) // 86400)
+        if cert.not_after <= now:
+            notices.append(f"{cert.path}: the certificate expired on {when}, {days} day(s) ago (still served)")
+        elif cert.not_after <= now + WARN_DAYS * 86400:
+            notices.append(f"{cert.path}: the certificate expires on {when}, in {days} day(s)")
+    return notices
+
+
+def expiry_gauge(certs: list[Cert]) -> None:
+    """`serf_handlers_tls_certificate_expiry_timestamp_seconds{file}`: each file's notAfter."""
+    from ... import _metrics
+
+    name = _metrics.P + "tls_certificate_expiry_timestamp_seconds"
+    _metrics.family(name, {_metrics.labels(file=cert.path): cert.not_after for cert in certs})
+
+
+def status(directory: str, default: str | None = None) -> tuple[str, bool]:
+    """`serf-handle status`'s TLS lines, and whether HAProxy would refuse a file."""
+    try:
+        certs = check(directory, default)
+    except CertError as exc:
+        return f"tls: refused, the config file cannot be installed: {exc}\n", True
+    first = min(certs, key=lambda c: c.not_after)
+    lines = [f"tls: {len(certs)} certificate(s) in {directory}; the first to expire: {first.path}, "
+             f"{time.strftime('%Y-%m-%d', time.gmtime(first.not_after))}"]
+    lines.extend(f"tls warning: {notice}" for notice in expiry_notices(certs))
+    return "\n".join(lines) + "\n", False
+
+
+def _check_file(path: str) -> Cert:
     import hashlib
     import ssl
 
@@ -135,8 +182,6 @@ def _check_file(path: str, now: float) -> Cert:
         raise CertError(f"OpenSSL cannot load it: {exc.reason or exc}") from None
     der = ssl.PEM_cert_to_DER_cert(f"-----BEGIN CERTIFICATE-----\n{first}-----END CERTIFICATE-----\n")
     not_after = _not_after(path)
-    if not_after <= now:
-        raise CertError(f"the certificate expired on {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(not_after))}")
     pem = "".join(f"-----BEGIN {kind}-----\n{body}-----END {kind}-----\n" for kind, body in blocks)
     return Cert(path, hashlib.sha1(der).hexdigest().upper(), not_after, pem)
 
@@ -318,6 +363,9 @@ def refresh(options: Options) -> list[str]:
         raise ConfigError("vars.tls_certs: not set (this handler terminates no TLS)")
     with Lock(f"{options.state}.lock"):
         certs = check(directory, options.vars.get("tls_default_cert"))
+        expiry_gauge(certs)
+        for notice in expiry_notices(certs):
+            _log.warning(f"haproxy: {notice}")
         reason = "no admin socket (`socket`)"
         if options.socket is not None:
             from ._runtime import Unavailable

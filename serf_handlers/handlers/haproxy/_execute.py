@@ -47,8 +47,8 @@ from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
 from . import _state
 from ._files import read_bytes, write_atomic
-from ._install import ValidationError
-from ._plan import fingerprint, make_plan
+from ._install import CannotInstall, ValidationError
+from ._plan import FAIL, RELOAD, WAIT, fingerprint, live_only, make_plan
 from ._render import health_checks, render, server_state_file
 from ._servers import with_ids
 
@@ -71,20 +71,51 @@ def converge(old: State, new: State, options: Options, full: bool = False) -> li
 
         runtime = Runtime(options.socket)
     _metrics.inc(_metrics.P + "haproxy_skipped_members_total", _metrics.newly_skipped(old.skipped, new.skipped))
+    new = new._replace(notices=_certificate_notices(options, old))
+    culprits: dict[str, str] = {}
     try:
-        _converge(old, new, options, full, runtime)
-    except ValidationError as exc:
-        culprits = _culprits(old, new, options) if options.check else {}
-        if not culprits:
+        try:
+            _converge(old, new, options, full, runtime)
+        except ValidationError as exc:
+            culprits = _culprits(old, new, options) if options.check else {}
+            if not culprits:
+                raise
+            _log.error(f"haproxy: skipping {len(culprits)} member(s) HAProxy rejects; applying the others: {exc}")
+            _metrics.inc(_metrics.P + "haproxy_skipped_members_total", len(culprits))
+            new = _without(old, new, culprits)
+            _converge(old, new, options, full, runtime)
+    except CannotInstall as exc:
+        # No member's fault: the membership change must still reach HAProxy (see `live_only`).
+        _metrics.inc(_metrics.P + "haproxy_install_failures_total")
+        plan = None if runtime is None else live_only(old, new, str(exc), options, runtime.live())
+        if plan is None:
             raise
-        _log.error(f"haproxy: skipping {len(culprits)} member(s) HAProxy rejects; applying the others: {exc}")
-        _metrics.inc(_metrics.P + "haproxy_skipped_members_total", len(culprits))
-        _converge(old, _without(old, new, culprits), options, full, runtime)
-        return list(culprits.items())
+        _log.error(f"haproxy: config not installed, changing HAProxy through the runtime API only: {exc}")
+        execute(plan, old, options, runtime)
     finally:
         if runtime is not None:  # every command sent, the `show servers state` reads included
             _metrics.inc(_metrics.P + "haproxy_runtime_commands_total", runtime.client.sent)
-    return []
+    return list(culprits.items())
+
+
+def _certificate_notices(options: Options, old: State) -> tuple[str, ...]:
+    """With `vars.tls_certs`: the expiry warnings (logged only when not already logged, see
+    `_certs`) and the expiry gauge. A refused certificate is the render's error, not this."""
+    directory = options.vars.get("tls_certs")
+    if not directory:
+        return ()
+    from ._certs import CertError, check, expiry_gauge, expiry_notices
+
+    try:
+        certs = check(directory, options.vars.get("tls_default_cert"))
+    except CertError:
+        return old.notices
+    expiry_gauge(certs)
+    notices = tuple(expiry_notices(certs))
+    for notice in notices:
+        if notice not in old.notices:
+            _log.warning(f"haproxy: {notice}")
+    return notices
 
 
 def _converge(old: State, new: State, options: Options, full: bool, runtime: Runtime | None) -> None:
@@ -126,7 +157,10 @@ def execute(plan: Plan, old: State, options: Options, runtime: Runtime | None = 
         raise
     _log_changes(plan.before, plan.done.servers)
     _metrics.haproxy_servers(plan.done.servers.values(), len(plan.done.skipped), options.backend)
+    _metrics.gauge(_metrics.P + "haproxy_config_behind", plan.done.behind is not None)
     _save(options, old, plan.done._replace(pending=pending))
+    if plan.error is not None:
+        raise HandlerError(f"config not installed ({plan.error}); HAProxy got the change through the runtime API")
 
 
 def _apply(plan: Plan, options: Options, runtime: Runtime | None) -> tuple[Key, ...]:
@@ -134,7 +168,7 @@ def _apply(plan: Plan, options: Options, runtime: Runtime | None) -> tuple[Key, 
     pending = plan.done.pending
     reason = plan.reload
     many = plan.runtime.size > options.reload_above
-    if runtime is not None and reason is None and plan.reload_if_runtime_fails and many:
+    if runtime is not None and reason is None and plan.if_runtime_fails == RELOAD and many:
         done = _reload_instead(runtime, plan, options)
         if done is not None:
             return done
@@ -194,9 +228,11 @@ def _runtime_change(runtime: Runtime, plan: Plan, reason: str | None) -> tuple[t
     try:
         pending = runtime.apply(plan.runtime)
     except (Unexpressible, Unavailable) as exc:
-        if not plan.reload_if_runtime_fails:
+        if plan.if_runtime_fails == WAIT:
             _log.warning(f"haproxy: deferred deletions not retried: {exc}")
             return plan.done.pending, reason
+        if plan.if_runtime_fails == FAIL:
+            raise HandlerError(f"{plan.error}; and the runtime API cannot apply the change either: {exc}") from None
         if isinstance(exc, Unavailable) and runtime.client.answered:
             # HAProxy answered earlier in this run, then stopped answering: it is alive but
             # starved, and a reload (a new worker, a full config parse) only adds load.

@@ -136,6 +136,11 @@ class HAProxyHandler:
 
             live = Runtime(self.options.socket).live()
         text, differs = table(state, self.options.backend, live)
+        if self.options.vars.get("tls_certs"):
+            from ._certs import status as tls_status
+
+            tls, refused = tls_status(self.options.vars["tls_certs"], self.options.vars.get("tls_default_cert"))
+            text, differs = text + tls, differs or refused
         return Drift(text) if differs else text
 
     def render(self, write: bool = False, diff: bool = False) -> str:

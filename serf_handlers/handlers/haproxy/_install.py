@@ -25,7 +25,13 @@ _DEFAULT_MODE = 0o640
 _ALLOWED_MODE = 0o640
 
 
-class ValidationError(HandlerError):
+class CannotInstall(HandlerError):
+    """The candidate config cannot be installed, for a reason that is no member's: a broken
+    template, a certificate HAProxy refuses, `haproxy -c`, the disk. HAProxy may still get the
+    membership change through the runtime API (`_plan.live_only`)."""
+
+
+class ValidationError(CannotInstall):
     """HAProxy rejected a candidate config; the message carries HAProxy's own words."""
 
 
@@ -49,7 +55,7 @@ def install(path: str, text: str, check: bool, haproxy: str, backup: bool = Fals
 
         write_atomic(path, text.encode("utf-8"), mode, before_rename if check or backup else None, owner)
     except OSError as exc:
-        raise HandlerError(f"cannot write {path}: {exc.filename or path}: {exc.strerror or exc}") from None
+        raise CannotInstall(f"cannot write {path}: {exc.filename or path}: {exc.strerror or exc}") from None
 
 
 def validate(haproxy: str, path: str) -> None:
@@ -60,11 +66,11 @@ def validate(haproxy: str, path: str) -> None:
     try:
         done = subprocess.run(argv, capture_output=True, timeout=CHECK_TIMEOUT, check=False, stdin=subprocess.DEVNULL)
     except FileNotFoundError:
-        raise HandlerError(
+        raise CannotInstall(
             f"cannot validate the config: {haproxy!r} not found (set the handler's `haproxy` option)"
         ) from None
     except OSError as exc:
-        raise HandlerError(f"cannot validate the config: cannot run {haproxy!r}: {exc}") from None
+        raise CannotInstall(f"cannot validate the config: cannot run {haproxy!r}: {exc}") from None
     except subprocess.TimeoutExpired:
         raise ValidationError(f"`haproxy -c` did not finish within {CHECK_TIMEOUT:g} s; config not installed") from None
     if done.returncode != 0:

@@ -15,7 +15,7 @@ from __future__ import annotations
 import os
 
 from ..._typing import TYPE_CHECKING
-from ...errors import HandlerError
+from ._install import CannotInstall
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -28,7 +28,7 @@ BUILTIN_TEMPLATE = os.path.join(
 _environments: dict[str, Any] = {}
 
 
-class TemplateError(HandlerError):
+class TemplateError(CannotInstall):
     """The template could not be loaded or rendered; the message names it and the line."""
 
 

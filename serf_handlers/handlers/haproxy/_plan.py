@@ -4,14 +4,16 @@ installed config. No files, sockets or processes here; `_execute` carries a plan
 - `wanted_after_event` / `wanted_from_members`: the servers HAProxy should have;
 - `make_plan`: the config text to install (if it changed), the runtime-API change, or the
   reason a reload is needed instead, and the states to save on the way (see `_execute`
-  for the order and why).
+  for the order and why);
+- `live_only`: when the config cannot be installed for a reason that is no member's, the
+  part of the change the runtime API can still make, with the config file left behind.
 """
 
 from __future__ import annotations
 
 from ..._typing import TYPE_CHECKING, NamedTuple
 from ._servers import Rejected, Server, from_member
-from ._state import State, from_live
+from ._state import Behind, State, from_live
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping
@@ -232,16 +234,23 @@ def as_servers(live: Mapping[Key, LiveServer], old: State, wanted: Mapping[str, 
 # --- one run ---------------------------------------------------------------------------
 
 
+# What a run does when the runtime API cannot make its change (`Plan.if_runtime_fails`):
+RELOAD = "reload"  # the change is the membership change: a reload makes it instead
+WAIT = "wait"  # it only retries deferred deletions: they wait for the next run
+FAIL = "fail"  # the config file is behind (`live_only`): a reload would load old servers
+
+
 class Plan(NamedTuple):
     text: str | None  # the config to install; None: the installed file is already right
     runtime: RuntimeChange  # what to send to the admin socket (NO_CHANGE: nothing)
     reload: str | None  # why HAProxy must reload; None: no reload
-    reload_if_runtime_fails: bool  # the runtime change is the membership change, not a retry
+    if_runtime_fails: str  # RELOAD, WAIT or FAIL
     intent: State | None  # saved before installing (see `_execute`)
     rollback: State  # saved when installing or reloading fails
     done: State  # saved at the end; its `pending` is replaced by what the run left pending
     before: Mapping[str, Server]  # what HAProxy had, for the log
     installed: str | None = None  # the config file's text before the run (see `_execute.execute`)
+    error: str | None = None  # the run fails with this after saving `done` (`live_only`)
 
 
 def make_plan(
@@ -262,17 +271,17 @@ def make_plan(
     """
     wanted = new.servers
     rollback = new._replace(applied=old.applied, pending=old.pending)
-    done = new._replace(applied=wanted)
+    done = new._replace(applied=wanted, behind=None)
     applied = old.applied
     actual = applied if live is None else as_servers(live, old, wanted)
     pending = old.pending if live is None else tuple(key for key in old.pending if key in live)
-    if not full and old.exists and applied == wanted:
+    if not full and old.exists and applied == wanted and old.behind is None:
         # The record says HAProxy has what we want: a repeated or irrelevant event ends here,
         # retrying deferred deletions, unless HAProxy itself says otherwise (drift, or what a
         # failed run left behind): then it is repaired like any change.
         retry = NO_CHANGE if options.socket is None else runtime_change(actual or {}, wanted, pending)
         if not retry.repairs:
-            return Plan(None, retry, None, False, None, rollback, done._replace(pending=pending), wanted)
+            return Plan(None, retry, None, WAIT, None, rollback, done._replace(pending=pending), wanted)
 
     text = render(wanted)
     if applied is None and not old.exists:
@@ -282,13 +291,36 @@ def make_plan(
     # With no state file, record first that HAProxy has not got this config yet: should the
     # run die between install and reload, the next one must not take the file for what HAProxy runs.
     intent = rollback if changed and not old.exists else None
-    reason = _reload_reason(applied, wanted, installed, text, render, options)
+    written = applied if old.behind is None else old.behind.servers  # what the installed file renders
+    reason = _reload_reason(applied, written, wanted, installed, text, render, options)
     runtime = NO_CHANGE
     if options.socket is not None and reason is None and applied is not None:
         runtime = runtime_change(applied if live is None else actual or {}, wanted, pending)
     before = (applied if live is None else actual) or {}
     done = done._replace(pending=pending)
-    return Plan(text if changed else None, runtime, reason, True, intent, rollback, done, before, installed)
+    return Plan(text if changed else None, runtime, reason, RELOAD, intent, rollback, done, before, installed)
+
+
+def live_only(
+    old: State, new: State, why: str, options: Options, live: Mapping[Key, LiveServer] | None
+) -> Plan | None:
+    """When the candidate config cannot be installed for a reason that is no member's (`why`:
+    a broken template, a certificate HAProxy refuses, `haproxy -c`, the disk): the part of the
+    change the runtime API can make (servers of the backends HAProxy already has), so traffic
+    still follows the members. The config file stays behind; the state says so and why, and
+    the first run after the fix installs it (`make_plan`). The run still fails with `why`.
+    None when nothing can be applied live: no socket, HAProxy silent, what it runs unknown."""
+    if options.socket is None or live is None or old.applied is None:
+        return None
+    backends = {options.backend, *options.tcp, *(s.backend for s in old.applied.values())}
+    reachable = {node: s for node, s in new.servers.items() if s.backend in backends}
+    actual = as_servers(live, old, reachable)
+    pending = tuple(key for key in old.pending if key in live)
+    written = old.applied if old.behind is None else old.behind.servers
+    rollback = new._replace(applied=old.applied, pending=old.pending)
+    done = new._replace(applied=reachable, pending=pending, behind=Behind(why, written))
+    change = runtime_change(actual, reachable, pending)
+    return Plan(None, change, None, FAIL, None, rollback, done, actual, None, why)
 
 
 def _running(
@@ -310,6 +342,7 @@ def _running(
 
 def _reload_reason(
     applied: Mapping[str, Server] | None,
+    written: Mapping[str, Server] | None,
     wanted: Mapping[str, Server],
     installed: str | None,
     text: str,
@@ -321,7 +354,7 @@ def _reload_reason(
         return "HAProxy's current servers are unknown"
     if options.socket is None:
         return "config changed" if render(applied) != text else None
-    if installed != text and installed != render(applied):
+    if installed != text and (written is None or installed != render(written)):
         # Someone changed the template or the file: HAProxy must load the whole config.
         return "the installed config was not the one HAProxy runs"
     always = {options.backend, *options.tcp}  # in every config, with or without servers

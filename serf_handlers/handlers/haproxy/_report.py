@@ -40,11 +40,16 @@ def table(
         lines.append(f"skipped: {escape(node)}: {why}")
     if state.applied is not None and state.applied != state.servers:
         lines.append("note: HAProxy does not have all of this yet (the last change failed; it is retried)")
+    if state.behind is not None:
+        lines.append(
+            f"config file behind: not installed ({state.behind.why}); HAProxy got the changes through the runtime "
+            "API, and the first run after the fix installs the file"
+        )
     if wrong:
         lines.append(
             f"HAProxy differs from this for {len(wrong)} server(s) (marked !); `serf-handle reconcile` repairs it"
         )
-    return "\n".join(lines) + "\n", bool(wrong)
+    return "\n".join(lines) + "\n", bool(wrong) or state.behind is not None
 
 
 def _row(live: object, cells: tuple[str, ...], live_cell: str, node: str) -> tuple[str, ...]:

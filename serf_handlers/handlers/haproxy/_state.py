@@ -8,7 +8,9 @@ JSON, mode 0600, replaced atomically, read and written under an exclusive lock o
      "applied": {NODE: {...}}, or "servers" when equal to servers, or null,
      "pending": [[BACKEND, SERVER], ...],
      "failed": {NODE: {...}},
-     "skipped": {NODE: [FINGERPRINT, WHY]}}
+     "skipped": {NODE: [FINGERPRINT, WHY]},
+     "notices": [TEXT, ...],
+     "behind": {"why": TEXT, "servers": {NODE: {...}}}}
 
 - `servers`: the wanted servers, keyed by the exact Serf node name (the stable id).
 - `applied`: the servers the running HAProxy is known to have (last successful apply);
@@ -20,6 +22,12 @@ JSON, mode 0600, replaced atomically, read and written under an exclusive lock o
   them); they still count in their backend's size until they leave, are reaped or return.
 - `skipped`: members that cannot be served (an invalid tag, or a config HAProxy rejects
   because of them), with what they sent, so each problem is reported once, not every run.
+- `notices`: the warnings last logged about side concerns (a certificate about to expire);
+  a run logs a notice only when it is not here, so an unchanged warning is not repeated.
+- `behind`: the installed config file could not be replaced (`why`: a broken template, a
+  certificate HAProxy refuses, the disk) while HAProxy got the change through the runtime
+  API; `servers` are the ones the installed file still renders. The first run after the fix
+  installs the file, and reloads only if the file was changed otherwise (see `_plan`).
 """
 
 from __future__ import annotations
@@ -41,6 +49,11 @@ if TYPE_CHECKING:
 VERSION = 1
 
 
+class Behind(NamedTuple):
+    why: str
+    servers: Mapping[str, Server]  # what the installed (old) config file renders
+
+
 class State(NamedTuple):
     servers: Mapping[str, Server]
     applied: Mapping[str, Server] | None
@@ -48,6 +61,8 @@ class State(NamedTuple):
     failed: Mapping[str, Server] = {}  # never mutated (a NamedTuple's default): replaced with _replace
     skipped: Mapping[str, tuple[str, str]] = {}  # node -> (fingerprint, why)
     exists: bool = True  # False: there was no state file (a first run, or it was deleted)
+    notices: tuple[str, ...] = ()
+    behind: Behind | None = None
 
 
 EMPTY = State({}, None, (), exists=False)
@@ -102,7 +117,19 @@ def _parse(data: object) -> State:
     if not isinstance(skipped, dict) or not all(_is_pair(value) for value in skipped.values()):
         raise Rejected("skipped: expected an object of [fingerprint, reason] pairs")
     pairs = {node: (fingerprint, why) for node, (fingerprint, why) in skipped.items()}
-    return State(servers, applied, tuple((b, s) for b, s in pending), failed, pairs)
+    notices = data.get("notices", [])
+    if not isinstance(notices, list) or not all(isinstance(n, str) for n in notices):
+        raise Rejected("notices: expected a list of strings")
+    behind = _behind(data.get("behind"))
+    return State(servers, applied, tuple((b, s) for b, s in pending), failed, pairs, True, tuple(notices), behind)
+
+
+def _behind(raw: object) -> Behind | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict) or not isinstance(raw.get("why"), str):
+        raise Rejected("behind: expected an object with why and servers")
+    return Behind(raw["why"], _servers(raw.get("servers"), "behind.servers"))
 
 
 def _is_pair(value: object) -> bool:
@@ -143,6 +170,11 @@ def dumps(state: State) -> bytes:
         data["failed"] = {node: to_json(s) for node, s in sorted(state.failed.items())}
     if state.skipped:
         data["skipped"] = {node: list(pair) for node, pair in sorted(state.skipped.items())}
+    if state.notices:
+        data["notices"] = list(state.notices)
+    if state.behind is not None:
+        written = {node: to_json(s) for node, s in sorted(state.behind.servers.items())}
+        data["behind"] = {"why": state.behind.why, "servers": written}
     # Compact: with 10,000 members the file is read and written on every event
     # (`serf-handle status` is the readable view).
     return (json.dumps(data, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
@@ -159,4 +191,7 @@ def same(a: State, b: State) -> bool:
 
 
 def _content(state: State) -> tuple[object, ...]:
-    return (state.servers, state.applied, sorted(set(state.pending)), state.failed, state.skipped)
+    return (
+        state.servers, state.applied, sorted(set(state.pending)), state.failed, state.skipped, state.notices,
+        state.behind,
+    )
