@@ -4,7 +4,8 @@ real serf agents and nginx on loopback, under a light bounded load:
 - one expired certificate in `vars.tls_certs` (HAProxy loads it): a join is routed and a
   leave removed within 1 s of Serf starting the run, 0 failed requests; one warning naming
   the file, not repeated by later runs; the expiry gauge; `check` exits 1 naming it;
-- a certificate HAProxy refuses, then a broken template: the join and the leave still reach
+- a certificate HAProxy refuses, a broken template, a missing stats Lua file (`haproxy -c`
+  refuses the config, no member's fault): the join and the leave still reach
   HAProxy's live servers through the runtime API; the run exits 1 with one line; `status`
   says the file is behind; haproxy.cfg is untouched; after the fix the next event installs
   the file with no reload.
@@ -16,7 +17,9 @@ test_haproxy_convergence.py are reused.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 
@@ -84,61 +87,90 @@ def test_an_expired_certificate_warns_and_membership_goes_on(procs: Processes) -
     assert code == 0 and f"tls warning: {expired}: the certificate expired" in text, text
 
 
-def test_a_refused_certificate_or_template_still_changes_haproxy_live(procs: Processes) -> None:
+class Breakage(NamedTuple):
+    name: str
+    words: str  # what the failing run's error line and `status` must say
+    apply: Callable[[Site], None]
+    fix: Callable[[Site], None]
+
+
+def _refuse_a_certificate(lb: Site) -> None:
+    certs = Path(lb.options["vars"]["tls_certs"])
+    good = (certs / "a.test.pem").read_text()
+    (certs / "b.test.pem").write_text(good.split("-----BEGIN PRIVATE KEY-----")[0])  # no key: HAProxy refuses it
+
+
+def _break_the_template(lb: Site) -> None:
+    template = lb.dir / "broken.cfg.j2"
+    template.write_text("global\n{{ no_such_variable }}\n")
+    lb.write_yml(template=str(template))
+
+
+def _lose_the_stats_lua(lb: Site) -> None:
+    from support.processes import free_port
+
+    missing = lb.dir / "gone" / "metrics.lua"
+    stats = {"stats_bind": f"127.0.0.1:{free_port()}", "stats_metrics_file": str(lb.dir / "metrics.prom"),
+             "stats_lua": str(missing)}
+    lb.write_yml(vars={**lb.options["vars"], **stats})
+
+
+def _restore_vars(lb: Site) -> None:
+    lb.write_yml(vars={k: v for k, v in lb.options["vars"].items() if not k.startswith("stats_")})
+
+
+BREAKAGES = (
+    Breakage("refused certificate", "b.test.pem: no private key", _refuse_a_certificate,
+             lambda lb: (Path(lb.options["vars"]["tls_certs"]) / "b.test.pem").unlink()),
+    Breakage("broken template", "no_such_variable", _break_the_template, lambda lb: lb.write_yml(template=None)),
+    Breakage("stats Lua file missing", "metrics.lua", _lose_the_stats_lua, _restore_vars),
+)
+
+
+def test_what_cannot_be_installed_still_changes_haproxy_live(procs: Processes) -> None:
+    """For each breakage: a join, then a leave reach HAProxy's live servers through the
+    runtime API; each run exits 1 with one line saying why; haproxy.cfg is untouched;
+    `status` exits 1 saying the file is behind. After the fix, the next event installs the
+    file, with no reload. 0 failed requests throughout."""
     require("serf", "haproxy", "nginx", "openssl")
     certs = procs.workdir / "certs"
-    good = make_cert(certs, "a.test")
-    lb = start_lb(procs, webs=("web1",), serve_vars=tls_vars(procs, certs))
-    installed = lb.config.read_bytes()
+    make_cert(certs, "a.test")
+    lb = start_lb(procs, webs=("web0",), serve_vars=tls_vars(procs, certs))
     reloads = lb.reload_count()
-    bad = certs / "b.test.pem"
-    bad.write_text(good.read_text().split("-----BEGIN PRIVATE KEY-----")[0])  # no key: HAProxy refuses it
-    with Load(lb.port, rate=40, seconds=150) as load:
-        after = mark(lb)
-        lb.add_web("web2", "body-web2")
-        joined = routed_within(lb, after, "member-join", {"web1", "web2"})
-        run = next_run(lb, after, "member-join")
-        assert run.code == 1 and any(f"{bad}: no private key" in line for line in run.stderr), run
-        after = mark(lb)
-        lb.webs["web1"].leave()
-        left = routed_within(lb, after, "member-leave", {"web2"})
-        assert next_run(lb, after, "member-leave").code == 1
-        assert lb.config.read_bytes() == installed  # never a config HAProxy would refuse
-        code, text = status(lb)
-        assert code == 1 and "config file behind: not installed" in text and f"{bad}: no private key" in text, text
+    timings = []
+    serving = {"web0"}
+    with Load(lb.port, rate=40, seconds=240) as load:
+        for i, breakage in enumerate(BREAKAGES, 1):
+            installed = lb.config.read_bytes()
+            breakage.apply(lb)
+            for event in ("member-join", "member-leave"):
+                after = mark(lb)
+                if event == "member-join":
+                    lb.add_web(f"web{i}", f"body-web{i}")
+                    serving = serving | {f"web{i}"}
+                else:
+                    gone = sorted(serving)[0]
+                    lb.webs[gone].leave()
+                    serving = serving - {gone}
+                timings.append(routed_within(lb, after, event, serving))
+                run = next_run(lb, after, event)
+                assert run.code == 1 and breakage.words in run.stderr[-1], (breakage.name, run)
+                assert "runtime API" in run.stderr[-1], (breakage.name, run)
+            assert lb.config.read_bytes() == installed, breakage.name  # never a config HAProxy would refuse
+            code, text = status(lb)
+            assert code == 1 and "config file behind: not installed" in text and breakage.words in text, text
 
-        bad.unlink()  # the fix; the next event installs the file, with no reload
-        after = mark(lb)
-        lb.add_web("web3", "body-web3")
-        routed_within(lb, after, "member-join", {"web2", "web3"})
-        assert next_run(lb, after, "member-join").code == 0
-        assert b"web2 " in lb.config.read_bytes() and b"web1 " not in lb.config.read_bytes()
-        assert status(lb)[0] == 0
-
-        template = procs.workdir / "broken.cfg.j2"
-        template.write_text("global\n{{ no_such_variable }}\n")
-        lb.write_yml(template=str(template))
-        installed = lb.config.read_bytes()
-        after = mark(lb)
-        lb.webs["web2"].leave()
-        routed_within(lb, after, "member-leave", {"web3"})
-        run = next_run(lb, after, "member-leave")
-        assert run.code == 1 and any("no_such_variable" in line for line in run.stderr), run
-        assert lb.config.read_bytes() == installed
-        code, text = status(lb)
-        assert code == 1 and "config file behind" in text and "no_such_variable" in text, text
-
-        lb.write_yml(template=None)
-        after = mark(lb)
-        lb.add_web("web4", "body-web4")
-        routed_within(lb, after, "member-join", {"web3", "web4"})
-        assert next_run(lb, after, "member-join").code == 0
+            breakage.fix(lb)  # the next event installs the file, with no reload
+            after = mark(lb)
+            lb.add_web(f"web{i}b", f"body-web{i}b")
+            serving = serving | {f"web{i}b"}
+            routed_within(lb, after, "member-join", serving)
+            assert next_run(lb, after, "member-join").code == 0, breakage.name
+            assert {line.split()[1] for line in lb.server_lines()} == serving, (breakage.name, lb.server_lines())
+            assert status(lb)[0] == 0, breakage.name
         time.sleep(0.5)
-    print(f"refused certificate: join live {joined:.2f} s, leave {left:.2f} s after Serf started the run; "
-          f"{len(load.failures)} of {load.requests} requests failed; reloads {lb.reload_count() - reloads}")
-    assert load.failures == [] and load.requests > 50
-    assert joined < 1.0 and left < 1.0
+    print(f"cannot install: joins and leaves live {', '.join(f'{t:.2f}' for t in timings)} s after Serf started "
+          f"each run; {len(load.failures)} of {load.requests} requests failed; reloads {lb.reload_count() - reloads}")
+    assert load.failures == [] and load.requests > 100
+    assert max(timings) < 1.0
     assert lb.reload_count() == reloads
-    text = lb.config.read_text()
-    assert "web4 " in text and "web3 " in text and "web2 " not in text
-    assert status(lb)[0] == 0
