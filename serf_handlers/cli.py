@@ -52,7 +52,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 # The commands that change something (and `render --write`), so whose runs the metrics file records.
-_RECORDED = ("handle", "reconcile")
+_RECORDED = ("handle", "reconcile", "certs")
 
 
 def _write_metrics(config: Config, command: str, code: int, seconds: float) -> None:
