@@ -14,13 +14,27 @@ from .errors import (
 from .events import Event, Member, MemberEvent, Node, Query, UserEvent, parse_event
 
 if TYPE_CHECKING:
-    from .protocols import ConfigRenderer, DefaultEvents, Handler, Reconciler, Reply, RoleFilter, StatusReporter
+    from .protocols import (
+        CertificateKeeper,
+        ClusterView,
+        ConfigRenderer,
+        DefaultEvents,
+        Handler,
+        Reconciler,
+        Reply,
+        RoleFilter,
+        SelfChecker,
+        StatusReporter,
+    )
 
 __version__ = "0.1.0"
 
 # The handler contract (protocols.py). It needs `typing`, which costs a third of a Python
 # start; Serf starts a process per event, so it is only imported when someone asks for it.
-_PROTOCOLS = ("ConfigRenderer", "DefaultEvents", "Handler", "Reconciler", "Reply", "RoleFilter", "StatusReporter")
+_PROTOCOLS = (
+    "CertificateKeeper", "ClusterView", "ConfigRenderer", "DefaultEvents", "Handler", "Reconciler", "Reply",
+    "RoleFilter", "SelfChecker", "StatusReporter",
+)
 
 
 def __getattr__(name: str) -> object:
@@ -32,6 +46,8 @@ def __getattr__(name: str) -> object:
 
 
 __all__ = [
+    "CertificateKeeper",
+    "ClusterView",
     "ConfigError",
     "ConfigRenderer",
     "DefaultEvents",
@@ -50,6 +66,7 @@ __all__ = [
     "ReplyTooLargeError",
     "RoleFilter",
     "SerfHandlersError",
+    "SelfChecker",
     "SerfRPCError",
     "StatusReporter",
     "UserEvent",

@@ -20,7 +20,6 @@ from .errors import ConfigError, HandlerError, SerfHandlersError
 if TYPE_CHECKING:
     import argparse
     from collections.abc import Callable, Mapping, Sequence
-    from typing import Any
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -79,48 +78,36 @@ def _check(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: M
     for registration in dispatcher.registrations:
         role = f" role={registration.role}" if registration.role is not None else ""
         print(f"handler {registration.name}: events={','.join(registration.events)}{role}")
-    expiring: list[str] = []
-    for name, options in _tls_handlers(dispatcher):
-        from .handlers.haproxy._certs import check, expiry_notices
-
+    problems: list[str] = []
+    for registration in dispatcher.registrations:
+        checker = registration.capabilities.checker
+        if checker is None:
+            continue
         try:
-            certs = check(options.vars["tls_certs"], options.vars.get("tls_default_cert"))
+            lines, found = checker.self_check()
         except SerfHandlersError as exc:
-            raise type(exc)(f"{name}: {exc}") from None
-        first = min(certs, key=lambda c: c.not_after)
-        print(f"handler {name}: tls: {len(certs)} certificate(s) in {options.vars['tls_certs']}, "
-              f"the first to expire: {first.path}, {time.strftime('%Y-%m-%d', time.gmtime(first.not_after))}")
-        expiring.extend(f"{name}: {notice}" for notice in expiry_notices(certs))
-    if expiring:
-        # Membership changes go on (HAProxy loads these files); `check` is the operator's alarm.
-        raise HandlerError(f"renew the certificate(s): {'; '.join(expiring)}")
+            raise type(exc)(f"{registration.name}: {exc}") from None
+        print("".join(f"handler {registration.name}: {line}\n" for line in lines), end="")
+        problems.extend(f"{registration.name}: {problem}" for problem in found)
+    if problems:
+        # What still works but needs the operator (an expiring certificate): `check` is the alarm.
+        raise HandlerError("; ".join(problems))
     return EXIT_OK
 
 
-def _tls_handlers(dispatcher: Dispatcher) -> list[tuple[str, Any]]:
-    """(name, options) of the haproxy handlers that terminate TLS (`vars.tls_certs`)."""
-    from .handlers.haproxy import HAProxyHandler
-
-    return [
-        (r.name, r.handler.options)
-        for r in dispatcher.registrations
-        if isinstance(r.handler, HAProxyHandler) and r.handler.options.vars.get("tls_certs")
-    ]
-
-
 def _certs(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
-    handlers = _tls_handlers(dispatcher)
-    if not handlers:
-        raise ConfigError(f"{config.source}: no haproxy handler terminates TLS (set vars.tls_bind and vars.tls_certs)")
-    from .handlers.haproxy._certs import refresh
-
-    for name, options in handlers:
+    keepers = [(r.name, keeper) for r in dispatcher.registrations if (keeper := r.capabilities.certificates)]
+    done = 0
+    for name, keeper in keepers:
         try:
-            lines = refresh(options)
+            lines = keeper.refresh_certificates()
         except SerfHandlersError as exc:
             raise type(exc)(f"{name}: {exc}") from None
-        for line in lines:
-            print(f"{name}: {line}")
+        if lines is not None:
+            done += 1
+            print("".join(f"{name}: {line}\n" for line in lines), end="")
+    if not done:
+        raise ConfigError(f"{config.source}: no handler terminates TLS (haproxy: set vars.tls_bind and vars.tls_certs)")
     return EXIT_OK
 
 
@@ -183,12 +170,11 @@ def _render(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: 
 def _cluster_check(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
     from . import cluster
     from .errors import SerfRPCError
-    from .handlers.haproxy import HAProxyHandler
 
-    # The query this node's own haproxy handler answers (the load balancers share one
-    # handler config), else the default; the role is the load balancers' own tag, not the
+    # The query this node's own handler answers (the load balancers share one handler
+    # config), else the default; the role is the load balancers' own tag, not the
     # handler's `role` (that is the role of the members it serves).
-    queries = [r.handler.options.query for r in dispatcher.registrations if isinstance(r.handler, HAProxyHandler)]
+    queries = [query for r in dispatcher.registrations if (query := r.capabilities.cluster_query)]
     query = args.query or (queries[0] if queries else cluster.DEFAULT_QUERY)
     try:
         lines, code = cluster.check(args.role or cluster.DEFAULT_ROLE, query, args.rpc_addr or env.get("SERF_RPC_ADDR"),

@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from typing import IO, Any, TypeVar
 
     from .events import Event, Member
-    from .protocols import ConfigRenderer, Handler, Reconciler, StatusReporter
+    from .protocols import CertificateKeeper, ConfigRenderer, Handler, Reconciler, SelfChecker, StatusReporter
     from .protocols import Reply as Reply
 
     H = TypeVar("H", bound=Callable[..., Reply])
@@ -64,6 +64,9 @@ class Capabilities(NamedTuple):
     default_events: tuple[str, ...] | None  # its selectors when none are configured
     takes_role: bool  # it filters members by role itself (protocols.RoleFilter)
     role: str | None  # the role such a handler filters on; None for any other handler
+    checker: SelfChecker | None = None  # the handler, if it has self_check()
+    certificates: CertificateKeeper | None = None  # the handler, if it has refresh_certificates()
+    cluster_query: str | None = None  # the query it answers for cluster-check (ClusterView)
 
 
 def takes_role(handler: object) -> bool:
@@ -96,7 +99,13 @@ def capabilities(handler: object) -> Capabilities:
     role = getattr(handler, "role", None) if own_role else None
     if role is not None and (not isinstance(role, str) or not role):
         raise ConfigError(f"role: expected a non-empty string or None, got {role!r}")
-    return Capabilities(offered("reconcile"), offered("status"), offered("render"), events, own_role, role)
+    query = getattr(handler, "cluster_query", None)
+    if query is not None and (not isinstance(query, str) or not query):
+        raise ConfigError(f"cluster_query: expected a query name, got {query!r}")
+    return Capabilities(
+        offered("reconcile"), offered("status"), offered("render"), events, own_role, role,
+        offered("self_check"), offered("refresh_certificates"), query,
+    )
 
 
 class Registration(NamedTuple):

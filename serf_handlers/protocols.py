@@ -8,6 +8,11 @@ found by name on the handler object:
 - `status()`: it reports its state as text (`StatusReporter`; `serf-handle status`);
 - `render(write=False)`: it renders the config for its state (`ConfigRenderer`;
   `serf-handle render`);
+- `self_check()`: it checks what it depends on beyond its options (`SelfChecker`;
+  `serf-handle check`);
+- `refresh_certificates()`: it serves TLS certificates it can reload live (`CertificateKeeper`;
+  `serf-handle certs`);
+- `cluster_query`: the query by which it answers `serf-handle cluster-check` (`ClusterView`);
 - `default_events`: the selectors it runs for when its config entry names none
   (`DefaultEvents`; otherwise `*`);
 - `takes_role = True` on the class, and a `role` attribute: it filters members by role
@@ -68,6 +73,30 @@ class ConfigRenderer(Handler, Protocol):
     the installed config ("" when they are equal) and writes nothing."""
 
     def render(self, write: bool = False, diff: bool = False) -> str: ...
+
+
+class SelfChecker(Handler, Protocol):
+    """A handler that checks what it depends on beyond its options (certificates, a
+    template): `serf-handle check` prints `lines` and exits 1 when there are `problems`."""
+
+    def self_check(self) -> tuple[list[str], list[str]]:
+        """(lines to print, problems); raises a SerfHandlersError for what stops it working."""
+        ...
+
+
+class CertificateKeeper(Handler, Protocol):
+    """A handler that terminates TLS and can make its server load renewed certificate files."""
+
+    def refresh_certificates(self) -> list[str] | None:
+        """What it did, one line each; None when it terminates no TLS."""
+        ...
+
+
+class ClusterView(Handler, Protocol):
+    """A handler whose view of the cluster other nodes can ask for with a query (`serf-handle
+    cluster-check` compares the load balancers' answers)."""
+
+    cluster_query: str
 
 
 class DefaultEvents(Handler, Protocol):

@@ -56,6 +56,27 @@ def test_the_haproxy_handler_offers_the_whole_contract(tmp_path: Path) -> None:
     assert found.default_events == handler.default_events
     assert found.default_events[-1] == "query:backends"
     assert (found.takes_role, found.role) == (True, "api")
+    assert found.checker is handler and found.certificates is handler and found.cluster_query == "backends"
+
+
+@pytest.mark.parametrize(
+    ("attribute", "value", "message"),
+    [
+        pytest.param("self_check", "yes", "self_check: expected a method", id="self_check not callable"),
+        pytest.param("refresh_certificates", 1, "refresh_certificates: expected a method", id="refresh not callable"),
+        pytest.param("cluster_query", "", "cluster_query: expected a query name", id="empty query name"),
+        pytest.param("cluster_query", 3, "cluster_query: expected a query name", id="query name not a string"),
+    ],
+)
+def test_a_malformed_capability_is_named(attribute: str, value: object, message: str) -> None:
+    class Plugin:
+        def __call__(self, event: object) -> None:
+            return None
+
+    handler = Plugin()
+    setattr(handler, attribute, value)
+    with pytest.raises(ConfigError, match=message):
+        capabilities(handler)
 
 
 @pytest.mark.parametrize("role", ["api", None])

@@ -72,6 +72,11 @@ class HAProxyHandler:
     def role(self) -> str:
         return self.options.role
 
+    @property
+    def cluster_query(self) -> str:
+        """The query this handler answers (`backends`): `serf-handle cluster-check` asks it."""
+        return self.options.query
+
     def __init__(self, **options: object) -> None:
         unknown = sorted(set(options) - set(Options._fields))
         if unknown:
@@ -123,7 +128,31 @@ class HAProxyHandler:
             errors = self._converge(old, wanted, full=True)
         _raise_skipped(errors)
 
-    # --- the CLI's status and render -----------------------------------------------------
+    # --- the CLI's check, certs, status and render ------------------------------------------
+
+    def self_check(self) -> tuple[list[str], list[str]]:
+        """`serf-handle check`: the TLS certificates (a refused one raises CertError; an
+        expiring one is a problem: HAProxy still serves it, but the operator must renew it)."""
+        directory = self.options.vars.get("tls_certs")
+        if not directory:
+            return [], []
+        import time
+
+        from ._certs import check, expiry_notices
+
+        certs = check(directory, self.options.vars.get("tls_default_cert"))
+        first = min(certs, key=lambda c: c.not_after)
+        line = (f"tls: {len(certs)} certificate(s) in {directory}, the first to expire: {first.path}, "
+                f"{time.strftime('%Y-%m-%d', time.gmtime(first.not_after))}")
+        return [line], [f"renew the certificate: {notice}" for notice in expiry_notices(certs)]
+
+    def refresh_certificates(self) -> list[str] | None:
+        """`serf-handle certs`: make HAProxy serve the certificate files as they are now."""
+        if not self.options.vars.get("tls_certs"):
+            return None
+        from ._certs import refresh
+
+        return refresh(self.options)
 
     def status(self) -> str:
         """The desired servers beside HAProxy's live ones; a `Drift` when they differ."""
