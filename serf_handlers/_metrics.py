@@ -2,13 +2,14 @@
 
 Handlers and the dispatcher record into this process's accumulator (`inc`, `gauge`,
 `family`: a dict update, nothing else). At the end of a run, and only when the config's
-top-level `metrics: PATH` is set, the CLI calls `flush`: under an exclusive lock
-(`PATH.lock`, fcntl), it reads the file back, adds this run's counters to the ones there,
-replaces the gauges this run set, and rewrites the file atomically (a temporary file next
-to it, then a rename) in the Prometheus text format: node_exporter's textfile-collector
-convention. So counters survive across runs, never go backwards (unless the file is
-deleted: then they start again from zero, which Prometheus reads as a counter reset), and
-concurrent runs lose no increment. `serf-handle metrics` prints the file.
+top-level `metrics: PATH` is set, the CLI calls `flush`: under the package's lock
+(`PATH.lock`, `_files.Lock`), it reads the file back, adds this run's counters to the ones
+there, replaces the gauges this run set, and rewrites the file with the package's atomic
+writer (`_files.write_atomic`: a temporary dot file next to it, fsync, rename) in the
+Prometheus text format: node_exporter's textfile-collector convention. So counters survive
+across runs, never go backwards (unless the file is deleted: then they start again from
+zero, which Prometheus reads as a counter reset), and concurrent runs lose no increment.
+`serf-handle metrics` prints the file.
 
 Cheap on purpose (it is on the event path, see _typing.py): no `re`, no `typing`; the file
 is parsed by splitting lines, as only this module writes it. A sample's key is its label
@@ -16,8 +17,6 @@ text exactly as written (`{type="member-join"}`), so merging needs no label pars
 """
 
 from __future__ import annotations
-
-import os
 
 from ._typing import TYPE_CHECKING
 
@@ -140,10 +139,11 @@ def run_finished(command: str, exit_code: int, seconds: float, now: float, handl
 
 
 def flush(path: str) -> None:
-    """Merge this run's records into the file at `path` and rewrite it atomically. Raises OSError."""
-    lock = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
-    try:
-        _lock(lock)
+    """Merge this run's records into the file at `path` and rewrite it atomically.
+    Raises OSError, or HandlerError when another run holds the lock too long."""
+    from ._files import Lock, write_atomic
+
+    with Lock(f"{path}.lock", LOCK_TIMEOUT, make_dirs=False):
         counters, gauges = parse(_read(path))
         for name, samples in _counters.items():
             into = counters.setdefault(name, {})
@@ -154,12 +154,12 @@ def flush(path: str) -> None:
                 gauges[name] = dict(samples)
             else:
                 gauges.setdefault(name, {}).update(samples)
-        _write(path, render(counters, gauges).encode("utf-8"))
+        # 0644: readable by the collector and HAProxy's workers, whatever the umask. The
+        # temporary name is a dot file ending in .tmp: the collector reads only *.prom.
+        write_atomic(path, render(counters, gauges).encode("utf-8"), 0o644)
         _counters.clear()
         _gauges.clear()
         _whole.clear()
-    finally:
-        os.close(lock)  # releases the lock
 
 
 def text(path: str) -> str:
@@ -203,44 +203,12 @@ def parse(data: str) -> tuple[dict[str, Samples], dict[str, Samples]]:
     return counters, gauges
 
 
-def _lock(fd: int) -> None:
-    import fcntl
-    import time
-
-    deadline = time.monotonic() + LOCK_TIMEOUT
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
-            if time.monotonic() > deadline:
-                raise OSError(f"metrics lock held for over {LOCK_TIMEOUT:g} s by another run") from None
-            time.sleep(0.002)
-
-
 def _read(path: str) -> str:
     try:
         with open(path, encoding="utf-8", errors="replace") as file:
             return file.read()
     except FileNotFoundError:
         return ""
-
-
-def _write(path: str, data: bytes) -> None:
-    # Not `.prom`: node_exporter's textfile collector reads only *.prom, so never a half-written file.
-    tmp = f"{path}.{os.getpid()}.tmp"
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
-    try:
-        with os.fdopen(fd, "wb") as file:
-            file.write(data)
-        os.chmod(tmp, 0o644)  # readable by the collector (and HAProxy's workers), whatever the umask
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
 
 
 def _number(value: float) -> str:

@@ -62,7 +62,7 @@ def _write_metrics(config: Config, command: str, code: int, seconds: float) -> N
     _metrics.run_finished(command, code, seconds, time.time(), handlers)
     try:
         _metrics.flush(config.metrics)
-    except OSError as exc:
+    except (OSError, SerfHandlersError) as exc:
         _log.error(f"metrics: cannot write {config.metrics}: {exc}")
 
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from serf_handlers._files import Lock, write_atomic
 from serf_handlers.errors import HandlerError
 from serf_handlers.handlers.haproxy import _state
-from serf_handlers.handlers.haproxy._files import Lock, write_atomic
 from serf_handlers.handlers.haproxy._servers import Server
 
 WEB1 = Server("web1", "web1", "10.0.0.1", 8081, 1, "web", {"port": "8081", "dc": "a,b=c\nd"})
@@ -154,7 +154,7 @@ def test_lock_excludes_other_processes_and_times_out(tmp_path: Path) -> None:
 
 def _join_script(state: str, node: str) -> str:
     return (
-        "from serf_handlers.handlers.haproxy._files import Lock\n"
+        "from serf_handlers._files import Lock\n"
         "from serf_handlers.handlers.haproxy import _state\n"
         "from serf_handlers.handlers.haproxy._servers import from_member\n"
         "import time\n"

@@ -356,7 +356,7 @@ def refresh(options: Options) -> list[str]:
     runtime API with a `socket`, else (or when the socket does not answer) with the `reload`
     command, after `haproxy -c` of the installed config. Under the handler's lock, so it never
     interleaves with a membership change. Returns what it did, one line each."""
-    from ._files import Lock
+    from ..._files import Lock
 
     directory = options.vars.get("tls_certs")
     if not directory:

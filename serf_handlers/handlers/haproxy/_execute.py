@@ -43,10 +43,10 @@ from __future__ import annotations
 import os
 
 from ... import _log, _metrics
+from ..._files import read_bytes, write_atomic
 from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
 from . import _state
-from ._files import read_bytes, write_atomic
 from ._install import CannotInstall, ValidationError
 from ._plan import FAIL, RELOAD, WAIT, fingerprint, live_only, make_plan
 from ._render import health_checks, render, server_state_file

@@ -9,13 +9,13 @@ skipped and named; the others still apply, and the run then fails (exit 1).
 from __future__ import annotations
 
 from ... import _log
+from ..._files import Lock, read_bytes
 from ..._typing import TYPE_CHECKING
 from ...dispatch import Drift, reply_budget
 from ...errors import ConfigError, HandlerError
 from ...events import MEMBER_EVENTS, MemberEvent, Query
 from . import _state
 from ._execute import converge
-from ._files import Lock, read_bytes
 from ._options import Options, parse
 from ._plan import wanted_after_event, wanted_from_members
 

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import stat
 
+from ..._files import read_bytes, write_atomic
 from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
-from ._files import read_bytes, write_atomic
 
 if TYPE_CHECKING:
     from collections.abc import Sequence

@@ -19,9 +19,9 @@ from __future__ import annotations
 import time
 
 from ... import _log
+from ..._files import read_bytes, write_atomic
 from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
-from ._files import read_bytes, write_atomic
 from ._live import ADMIN_DRAIN, ADMIN_MAINT, parse, rows
 from ._servers import RUNTIME_OPTIONS, check_options
 

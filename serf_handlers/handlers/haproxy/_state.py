@@ -34,9 +34,9 @@ from __future__ import annotations
 
 import os
 
+from ..._files import read_bytes, write_atomic
 from ..._typing import TYPE_CHECKING, NamedTuple
 from ...errors import HandlerError
-from ._files import read_bytes, write_atomic
 from ._servers import Rejected, Server, from_json, server_name, to_json
 
 if TYPE_CHECKING:

@@ -1,4 +1,5 @@
-"""Atomic file writes and the state lock.
+"""Atomic file writes and the lock: the package's one writer and one lock, used by the
+handlers' state and config files and by the metrics file.
 
 A reader (HAProxy, a concurrent `serf-handle`) must only ever see a complete old file or a
 complete new one, so every write goes to a temporary file in the same directory, is
@@ -11,8 +12,8 @@ from __future__ import annotations
 import os
 import time
 
-from ..._typing import TYPE_CHECKING
-from ...errors import HandlerError
+from ._typing import TYPE_CHECKING
+from .errors import HandlerError
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -109,17 +110,18 @@ class Lock:
     old inode would not exclude a process that opened the new one.
     """
 
-    def __init__(self, path: str, timeout: float = 60.0) -> None:
+    def __init__(self, path: str, timeout: float = 60.0, make_dirs: bool = True) -> None:
         self.path = path
         self.timeout = timeout
+        self.make_dirs = make_dirs  # else a missing directory is an OSError
         self._fd = -1
 
     def __enter__(self) -> Lock:
         import fcntl
 
-        directory = os.path.dirname(os.path.abspath(self.path))
-        os.makedirs(directory, mode=0o700, exist_ok=True)
-        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        if self.make_dirs:
+            os.makedirs(os.path.dirname(os.path.abspath(self.path)), mode=0o700, exist_ok=True)
+        self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
         try:
             # Poll rather than block: a stuck holder must not hang every later Serf event.
             deadline = time.monotonic() + self.timeout
