@@ -44,6 +44,7 @@ import os
 
 from ... import _log, _metrics
 from ..._files import read_bytes, write_atomic
+from ..._jinja import TemplateError
 from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
 from . import _state
@@ -84,7 +85,7 @@ def converge(old: State, new: State, options: Options, full: bool = False) -> li
             _metrics.inc(_metrics.P + "haproxy_skipped_members_total", len(culprits))
             new = _without(old, new, culprits)
             _converge(old, new, options, full, runtime)
-    except CannotInstall as exc:
+    except (CannotInstall, TemplateError) as exc:
         # No member's fault: the membership change must still reach HAProxy (see `live_only`).
         _metrics.inc(_metrics.P + "haproxy_install_failures_total")
         plan = None if runtime is None else live_only(old, new, str(exc), options, runtime.live())

@@ -1,0 +1,164 @@
+"""`KeptFile`: one file kept in step with the members, for a handler to build on.
+
+A handler gives it a `Target` (where the file goes, its check and reload commands, its
+mode, owner and group) and a render function (the kept members and the local node → the
+file's text). One run holds the lock `<state>.lock` throughout: read the record, update the
+members, render, plan, execute. The commands `status`, `render` and `check` come with it.
+"""
+
+from __future__ import annotations
+
+from .. import _log
+from .._files import Lock, read_bytes
+from .._typing import TYPE_CHECKING, NamedTuple
+from ..errors import HandlerError
+from . import _record
+from ._execute import check, execute
+from ._members import after_event, from_members
+from ._plan import digest, make_plan
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterable, Mapping, Sequence
+
+    from ..events import Member, MemberEvent
+    from ._members import Known, Refuse
+
+    Render = Callable[[Mapping[str, Known], Mapping[str, object] | None], str]
+
+
+STATE_DIR = "/var/lib/serf-handlers"
+
+
+def state_path(destination: str) -> str:
+    """The default state file of a kept file: one per destination."""
+    import os
+
+    return os.path.join(STATE_DIR, destination.strip("/").replace("/", "_") + ".json")
+
+
+class Target(NamedTuple):
+    destination: str
+    state: str
+    check: tuple[str, ...] | None = None  # argv; `{path}` stands for the candidate file
+    reload: tuple[str, ...] | None = None  # argv, run only when the content changed (or owed)
+    mode: int | None = None  # None: keep the existing file's (0644 for a new one)
+    owner: str | None = None
+    group: str | None = None
+    backup: bool = False
+
+
+class KeptFile:
+    def __init__(self, name: str, target: Target, render: Render, refuse: Refuse | None = None) -> None:
+        self.name = name
+        self.target = target
+        self._render = render
+        self._refuse = refuse
+
+    # --- runs ------------------------------------------------------------------------------
+
+    def event(self, event: MemberEvent) -> None:
+        node = {"name": event.node.name, "role": event.node.role, "tags": dict(event.node.tags)}
+        with Lock(f"{self.target.state}.lock"):
+            old = _record.load(self.target.state)
+            if not old.exists and read_bytes(self.target.destination) is not None:
+                # With no record, an event knows only its own members: writing now would drop
+                # every other one from a file that has them (an empty target list, say).
+                raise HandlerError(
+                    f"{self.target.state}: no state file while {self.target.destination} exists; "
+                    "run `serf-handle reconcile` to rebuild it (the file is left as it is)"
+                )
+            members, refused = after_event(old.members, event.type, event.members, self._refuse)
+            self._converge(old, old._replace(members=members, node=node))
+        _raise_refused(refused)
+
+    def reconcile(self, alive: Sequence[Member], failed: Callable[[], Iterable[Member]] = tuple) -> None:
+        with Lock(f"{self.target.state}.lock"):
+            try:
+                old = _record.load(self.target.state)
+            except _record.RecordError as exc:
+                _log.warning(f"{self.name}: {exc}; rebuilding it")
+                old = _record.EMPTY
+            members, refused = from_members(alive, failed(), self._refuse)
+            self._converge(old, old._replace(members=members))
+        _raise_refused(refused)
+
+    def _converge(self, old: _record.Record, new: _record.Record) -> None:
+        try:
+            text = self._render(new.members, new.node)
+        except HandlerError:
+            if not _record.same(old, new):
+                _record.save(self.target.state, new)  # keep the members for the run after the fix
+            raise
+        plan = make_plan(old, new, read_bytes(self.target.destination), text, self.target.reload is not None)
+        execute(plan, old, self.target, self.name)
+
+    # --- status, render, check -------------------------------------------------------------
+
+    def status(self) -> tuple[str, bool]:
+        """The kept members and the file; True when the file differs from what was installed
+        or a reload is owed (`serf-handle status` exits 1)."""
+        record = _record.load(self.target.state)
+        lines = [f"{m.name} {m.addr} role={m.role} {m.status}" for m in sorted(record.members.values())]
+        installed = read_bytes(self.target.destination)
+        drift = False
+        if installed is None:
+            lines.append(f"file: {self.target.destination}: not written yet")
+            drift = record.exists
+        elif record.installed is not None and digest(installed) != record.installed:
+            lines.append(f"file: {self.target.destination}: changed since this handler installed it "
+                         "(`serf-handle reconcile` writes it again)")
+            drift = True
+        else:
+            lines.append(f"file: {self.target.destination}: as installed")
+        if record.reload_pending is not None:
+            lines.append(f"reload pending: {record.reload_pending} (the next run retries it)")
+            drift = True
+        return "\n".join(lines) + "\n", drift
+
+    def text(self) -> str:
+        record = _record.load(self.target.state)
+        return self._render(record.members, record.node)
+
+    def diff(self) -> str:
+        import difflib
+
+        raw = read_bytes(self.target.destination)
+        installed = [] if raw is None else raw.decode("utf-8", "replace").splitlines(keepends=True)
+        rendered = self.text().splitlines(keepends=True)
+        where = f"{self.target.destination} (rendered from {self.target.state})"
+        return "".join(difflib.unified_diff(installed, rendered, self.target.destination, where))
+
+    def write(self) -> str:
+        """`render --write`: install the text for the current record now (checked; no reload)."""
+        from ._execute import install
+
+        with Lock(f"{self.target.state}.lock"):
+            text = self.text()
+            if read_bytes(self.target.destination) != text.encode("utf-8"):
+                install(self.target, text, self.name)
+        return text
+
+    def self_check(self) -> list[str]:
+        """`serf-handle check`: render the current record and run `check` on it (nothing installed)."""
+        import os
+        import tempfile
+
+        text = self.text()
+        if self.target.check is None:
+            return [f"renders {len(text.encode('utf-8'))} bytes for {self.target.destination} (no check command)"]
+        fd, candidate = tempfile.mkstemp(prefix=".check.", suffix=".tmp",
+                                         dir=os.path.dirname(os.path.abspath(self.target.destination)))
+        try:
+            os.write(fd, text.encode("utf-8"))
+            os.close(fd)
+            check(self.target.check, candidate)
+        finally:
+            os.unlink(candidate)
+        return [f"renders {len(text.encode('utf-8'))} bytes for {self.target.destination}; the check accepts it"]
+
+
+def _raise_refused(refused: list[str]) -> None:
+    if refused:
+        for why in refused:
+            _log.error(f"member skipped: {why}")
+        raise HandlerError(f"{len(refused)} member(s) skipped: {'; '.join(refused)}")
