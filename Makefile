@@ -4,7 +4,7 @@ PYTHON  ?= python3
 PY      := $(VENV)/bin/python
 SUDO    := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 # Debian packages the demo, the tests and the benchmarks run for real.
-APT_PACKAGES := serf haproxy nginx supervisor wrk hyperfine ruby socat docker.io docker-compose debootstrap bc chromium iproute2 iptables
+APT_PACKAGES := serf haproxy nginx supervisor wrk hyperfine ruby socat docker.io docker-compose debootstrap bc chromium iproute2 iptables prometheus
 
 .PHONY: all deps venv test unit demo bench bench-docker screenshot clean
 

@@ -3,7 +3,9 @@ event handler.
 
 Part 1 shows every kind of Serf event reaching the log handler. Part 2 runs HAProxy
 (master-worker) in front of nginx web nodes, each with its own serf agent, and shows the
-haproxy handler following them through HAProxy's runtime API. Every process the demo
+haproxy handler following them through HAProxy's runtime API; beside it, in the same
+agent's config, a `template` handler keeps a hosts file and a `file_sd` handler a
+Prometheus target file. Every process the demo
 starts is stopped by PID at the end, also on Ctrl-C or failure.
 """
 
@@ -107,9 +109,32 @@ def show_rotation(lb: Site) -> set[str]:
     return seen
 
 
+def keep_files(lb: Site) -> tuple[Path, Path]:
+    """A `template` handler (a hosts file) and a `file_sd` handler beside the haproxy handler."""
+    source = lb.dir / "hosts.j2"
+    source.write_text("# web nodes, from Serf ({{ members | length }})\n"
+                      "{% for m in by_role.get('web', []) %}{{ m.addr }} {{ m.name }}.{{ vars.domain }}\n{% endfor %}")
+    hosts, targets = lb.dir / "hosts", lb.dir / "targets" / "serf.json"
+    targets.parent.mkdir()
+    lb.more_handlers = [
+        {"type": "template", "source": str(source), "destination": str(hosts), "state": str(lb.dir / "hosts.json"),
+         "role": "web", "vars": {"domain": "demo.internal"}},
+        {"type": "file_sd", "destination": str(targets), "state": str(lb.dir / "targets.json"), "role": "web",
+         "port_tag": "port", "labels": ["port"]},
+    ]
+    lb.write_yml()
+    return hosts, targets
+
+
+def show_file(what: str, path: Path) -> None:
+    print(f"   {what} ({path}):")
+    print("".join(f"     {line}\n" for line in path.read_text().splitlines()), end="")
+
+
 def haproxy_demo(procs: Processes) -> None:
     say("HAProxy (master-worker) with an empty backend, and agent 'lb' running the haproxy handler")
     lb = load_balancer(procs, live=True)
+    hosts, targets = keep_files(lb)
     print(f"   handler config {lb.yml}:")
     print("".join(f"     {line}\n" for line in lb.yml.read_text().splitlines()), end="")
 
@@ -119,6 +144,8 @@ def haproxy_demo(procs: Processes) -> None:
     wait_until(lambda: bodies(lb, 12) == {"hello from web1", "hello from web2", "hello from web3"},
                timeout=20, what="all three in rotation")
     show_rotation(lb)
+    show_file("the template handler's hosts file", hosts)
+    show_file("the file_sd handler's Prometheus targets", targets)
 
     say("web2 leaves gracefully: drained, put in maintenance and deleted through the runtime API")
     lb.webs["web2"].leave()
@@ -130,6 +157,9 @@ def haproxy_demo(procs: Processes) -> None:
     wait_until(lambda: "hello from web4" in bodies(lb, 12), timeout=20, what="web4 in rotation")
     show_rotation(lb)
     print(f"   HAProxy reloads so far: {lb.reload_count()} (every change went through the runtime API)")
+    wait_until(lambda: "web4" in hosts.read_text() and "web2" not in hosts.read_text(), timeout=20,
+               what="the hosts file following")
+    show_file("the hosts file, following", hosts)
 
     say("serf query -tag role=lb backends: every load balancer's view")
     assert lb.agent is not None

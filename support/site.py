@@ -124,6 +124,7 @@ class Site:
         self.log_settings: dict[str, Any] = dict(log or {})
         self.extra_env: dict[str, str] = {}  # for every run and for the serf agent
         self.metrics: Path | None = None  # config.yml's top-level `metrics:` file, when set
+        self.more_handlers: list[dict[str, Any]] = []  # entries after the haproxy handler's
         self.options: dict[str, Any] = {
             "config": str(self.config),
             "state": str(self.state),
@@ -154,8 +155,8 @@ class Site:
         self.yml.write_text(json.dumps(data, indent=1, default=str) + "\n")  # default: Path values
 
     def handler_entries(self) -> list[dict[str, Any]]:
-        """config.yml's `handlers:` list: the haproxy handler."""
-        return [{"type": "haproxy", **{k: v for k, v in self.options.items() if v is not None}}]
+        """config.yml's `handlers:` list: the haproxy handler, then `more_handlers`."""
+        return [{"type": "haproxy", **{k: v for k, v in self.options.items() if v is not None}}, *self.more_handlers]
 
     def env(self, event: str | None = "member-join", **extra: str) -> dict[str, str]:
         env = clean_environ()
