@@ -32,7 +32,9 @@ import pytest
 import yaml
 
 from serf_handlers import cli, config
+from serf_handlers.handlers.file_sd import _handler as file_sd
 from serf_handlers.handlers.haproxy import _options
+from serf_handlers.handlers.template import _handler as template
 
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ("README.md", "BENCHMARKS.md")
@@ -48,6 +50,10 @@ class Ref(NamedTuple):
     line: int
     kind: str  # path, test, make, command, module, key, option, var, link
     text: str
+
+
+# The handlers whose options come from a declarative table (serf_handlers/_options.py).
+KEPT_FILE_HANDLERS = {"template": template.OPTIONS, "file_sd": file_sd.OPTIONS}
 
 
 def _top_dirs() -> set[str]:
@@ -98,7 +104,8 @@ def _code(text: str) -> tuple[list[tuple[int, str]], list[tuple[int, str]], list
     spans = [
         (prose.count("\n", 0, m.start()) + 1, " ".join(m.group(2).split())) for m in _SPAN.finditer(prose)
     ]
-    lines = [(b.line + i, line) for b in blocks if b.lang != "yaml" for i, line in enumerate(b.lines)]
+    # Jinja blocks are the `template` handler's own templates: their `vars` are the operator's.
+    lines = [(b.line + i, line) for b in blocks if b.lang not in ("yaml", "jinja") for i, line in enumerate(b.lines)]
     return spans, lines, [b for b in blocks if b.lang == "yaml"]
 
 
@@ -169,6 +176,8 @@ def _refs_in_code(doc: str, line: int, text: str, whole_span: bool) -> list[Ref]
 def _refs_in_yaml(doc: str, block: Block) -> list[Ref]:
     """Each key of a YAML example: a whole config (with `handlers:`), else a fragment of a
     haproxy handler's entry (such as `vars:` alone)."""
+    if block.lines and re.match(r"#\s*[\w.-]+\.ya?ml\b", block.lines[0]) and "config.yml" not in block.lines[0]:
+        return []  # another program's file (`# prometheus.yml`): not ours to check
     data = yaml.safe_load("\n".join(block.lines))
 
     def at(key: str) -> int:
@@ -200,6 +209,8 @@ def _refs_in_yaml(doc: str, block: Block) -> list[Ref]:
         refs.extend(Ref(doc, at(key), "key", f"handlers[].{key}") for key in ("type", "events", "role") if key in entry)
         if entry.get("type") == "haproxy":
             haproxy(entry)
+        elif entry.get("type") in KEPT_FILE_HANDLERS:
+            refs.extend(Ref(doc, at(key), "option", f"{entry['type']}.{key}") for key in entry if key != "type")
     return refs
 
 
@@ -378,6 +389,10 @@ def problem(ref: Ref) -> str | None:
     if ref.kind == "module":
         return _check_module(ref.text)
     if ref.kind == "option":
+        kind, _, name = ref.text.rpartition(".")
+        if kind:
+            known = {option.name for option in KEPT_FILE_HANDLERS[kind]} | {"events"}
+            return None if name in known else f"{name}: not an option of the {kind} handler"
         return None if ref.text in haproxy_options() else f"{ref.text}: not an option of the haproxy handler"
     if ref.kind == "var":
         return None if ref.text in template_vars() else f"vars.{ref.text}: the built-in template has no such variable"
@@ -452,6 +467,8 @@ def test_every_haproxy_option_is_documented() -> None:
         pytest.param("```\nserf-handle status [--json]      the servers\n```", id="option in a usage block"),
         pytest.param("`python -m benchmarks`", id="python -m"),
         pytest.param("```yaml\nhandlers:\n  - type: haproxy\n    reload_bellow: 3\n```", id="haproxy option"),
+        pytest.param("```yaml\nhandlers:\n  - type: template\n    destinaton: /x\n```", id="template option"),
+        pytest.param("```yaml\nhandlers:\n  - type: file_sd\n    port_tags: x\n```", id="file_sd option"),
         pytest.param("```yaml\nhandlers:\n  - type: haproxy\n    vars: {tls_cert: /x}\n```", id="var in YAML"),
         pytest.param("```yaml\nlogging: {level: info}\nhandlers: []\n```", id="top-level key"),
         pytest.param("```yaml\n    vars: {}\n    sockets: /run/x\n```", id="fragment key"),
