@@ -1,7 +1,7 @@
 """Find a handler type by name and create the handler.
 
 A `type:` is, in this order:
-1. a built-in name (`log`, `haproxy`, `template`, `file_sd`);
+1. a built-in name (`log`, `haproxy`, `template`, `file_sd`, `nginx`);
 2. `module:attr`, any importable callable;
 3. a name in the `serf_handlers.handlers` entry-point group (scanned only in this case,
    because reading every installed distribution's metadata is slow).
@@ -31,6 +31,7 @@ BUILTIN: Mapping[str, str] = {
     "haproxy": "serf_handlers.handlers.haproxy:HAProxyHandler",
     "template": "serf_handlers.handlers.template:TemplateHandler",
     "file_sd": "serf_handlers.handlers.file_sd:FileSDHandler",
+    "nginx": "serf_handlers.handlers.nginx:NginxHandler",
 }
 
 

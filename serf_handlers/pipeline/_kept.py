@@ -60,7 +60,7 @@ class KeptFile:
         node = {"name": event.node.name, "role": event.node.role, "tags": dict(event.node.tags)}
         with Lock(f"{self.target.state}.lock"):
             old = _record.load(self.target.state)
-            if not old.exists and read_bytes(self.target.destination) is not None:
+            if not old.exists and self._holds_members(read_bytes(self.target.destination)):
                 # With no record, an event knows only its own members: writing now would drop
                 # every other one from a file that has them (an empty target list, say).
                 raise HandlerError(
@@ -70,6 +70,16 @@ class KeptFile:
             members, refused = after_event(old.members, event.type, event.members, self._refuse)
             self._converge(old, old._replace(members=members, node=node))
         _raise_refused(refused)
+
+    def _holds_members(self, installed: bytes | None) -> bool:
+        """Whether the file may hold members an event would drop: not when it is missing,
+        empty, or what no members render to (as `render --write` installs before any event)."""
+        if installed is None or not installed.strip():
+            return False
+        try:
+            return installed != self._render({}, None).encode("utf-8")
+        except HandlerError:
+            return True
 
     def reconcile(self, alive: Sequence[Member], failed: Callable[[], Iterable[Member]] = tuple) -> None:
         with Lock(f"{self.target.state}.lock"):

@@ -68,20 +68,28 @@ class FileSDHandler(KeptFileHandler):
         self.kept = KeptFile(f"file_sd {destination}", target, self._render, self._refuse)
 
     def _refuse(self, member: Member) -> str | None:
-        port = member.tags.get(self.port_tag)
-        if port is not None and not (port.isdigit() and 0 < int(port) < 65536):
+        if self._port(member.tags) is None:
+            port = member.tags[self.port_tag]
             return f"member {member.name!r}: tag {self.port_tag}={port!r}: expected a port number, 1-65535"
         return None
+
+    def _port(self, tags: Mapping[str, str]) -> int | None:
+        """The member's port: its `port_tag` as a number (None when invalid), else `port`."""
+        text = tags.get(self.port_tag)
+        if text is None:
+            return self.port
+        return int(text) if text.isascii() and text.isdigit() and 0 < int(text) < 65536 else None
 
     def _render(self, members: Mapping[str, Known], node: Mapping[str, object] | None) -> str:
         import json
 
         groups = []
         for name, m in sorted(members.items()):
-            if m.status != "alive" or self.selected_role not in (None, m.role):
+            port = self._port(m.tags)  # None: kept under another port_tag, invalid for this one
+            if m.status != "alive" or self.selected_role not in (None, m.role) or port is None:
                 continue
             host = f"[{m.addr}]" if ":" in m.addr else m.addr
             labels = {"node": name, "role": m.role}
             labels.update({label: m.tags[tag] for tag, label in self.labels.items() if tag in m.tags})
-            groups.append({"targets": [f"{host}:{m.tags.get(self.port_tag, self.port)}"], "labels": labels})
+            groups.append({"targets": [f"{host}:{port}"], "labels": labels})  # "0080" written as 80
         return json.dumps(groups, indent=1, sort_keys=True) + "\n"

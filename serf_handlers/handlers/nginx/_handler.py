@@ -1,0 +1,83 @@
+"""The `nginx` handler: nginx (open source) as the load balancer. nginx has no runtime API
+for upstreams, so every change is a checked rewrite of the whole config and a graceful
+reload, through the shared pipeline (`serf_handlers.pipeline`): `nginx -t` on the
+candidate, an atomic install, a reload only when the text changed, a failed reload retried.
+
+    handlers:
+      - type: nginx
+        role: web                     # members with this role become upstream servers
+        port: 80                      # a member's `port` tag overrides it
+        backend: web                  # the default backend; a member's `backend` tag overrides it
+        config: /etc/nginx/nginx.conf # the whole file is the handler's
+        template: null                # a Jinja2 file; null: the built-in one
+        vars: {listen: "*:80"}        # also pid, error_log, access_log, worker_processes,
+                                      # worker_connections, worker_shutdown_timeout
+        state: /var/lib/serf-handlers/etc_nginx_nginx.conf.json
+        check: true                   # `nginx -t -q -c <candidate>` before installing
+        nginx: nginx                  # the binary for the check (and the default reload)
+        reload: null                  # argv; null: [nginx, -c, <config>, -s, reload]
+        backup: false
+
+A member's `weight` (0-256; 0 is `down`) and `state` tags (ready, drain, maint: drain and
+maint are `down`) are honoured.
+"""
+
+from __future__ import annotations
+
+from ..._options import Option, parse
+from ..._typing import TYPE_CHECKING
+from ...errors import ConfigError
+from ...pipeline import KeptFile, KeptFileHandler, Target, state_path
+from ._servers import is_backend_name, refusal, servers
+
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from ...events import Member
+    from ...pipeline import Known
+
+OPTIONS = (
+    Option("role", "text", "web"),
+    Option("port", "port", 80),
+    Option("backend", "text", "web"),
+    Option("config", "path", "/etc/nginx/nginx.conf"),
+    Option("template", "path"),
+    Option("vars", "mapping", {}),
+    Option("state", "path"),
+    Option("check", "bool", True),
+    Option("nginx", "text", "nginx"),
+    Option("reload", "argv"),
+    Option("backup", "bool", False),
+)
+
+
+class NginxHandler(KeptFileHandler):
+    def __init__(self, **options: object) -> None:
+        o = parse(OPTIONS, options)
+        self.selected_role = str(o["role"])
+        self.port = int(str(o["port"]))
+        self.backend = str(o["backend"])
+        if not is_backend_name(self.backend):
+            raise ConfigError(f"backend: expected a letter or digit, then letters, digits, _ . -, got {self.backend!r}")
+        self.template = None if o["template"] is None else str(o["template"])
+        self.vars: Mapping[str, object] = o["vars"]  # type: ignore[assignment]
+        config, binary = str(o["config"]), str(o["nginx"])
+        check = (binary, "-t", "-q", "-c", "{path}") if o["check"] else None
+        reload = o["reload"] or (binary, "-c", config, "-s", "reload")
+        target = Target(config, str(o["state"] or state_path(config)), check, reload,  # type: ignore[arg-type]
+                        backup=bool(o["backup"]))
+        self.kept = KeptFile(f"nginx {config}", target, self._render, self._refuse)
+
+    def _refuse(self, member: Member) -> str | None:
+        return refusal(member, self.port) if member.role == self.selected_role else None
+
+    def _render(self, members: Mapping[str, Known], node: Mapping[str, object] | None) -> str:
+        from ._render import builtin, context
+
+        assert self.selected_role is not None
+        c = context(self.vars, servers(members.values(), self.selected_role, self.port, self.backend), self.backend)
+        if self.template is None:
+            return builtin(c)
+        from ..._jinja import render
+
+        return render(self.template, c)

@@ -1,0 +1,70 @@
+"""Members → nginx upstream servers. A member's `port`, `weight`, `backend` and `state` tags
+are untrusted: each is checked here, and a member with a bad one is refused (named once by
+the pipeline) instead of reaching the config."""
+
+from __future__ import annotations
+
+from ..._typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from collections.abc import Iterable
+
+    from ...events import Member
+    from ...pipeline import Known
+
+STATES = ("ready", "drain", "maint")
+_NAME_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
+_NAME = _NAME_START | frozenset("_.-")
+
+
+class Server(NamedTuple):
+    node: str
+    backend: str
+    addr: str
+    port: int
+    weight: int  # 0: down (nginx weights start at 1)
+    state: str  # ready, drain or maint: drain and maint are `down`
+
+    @property
+    def down(self) -> bool:
+        return self.state != "ready" or self.weight == 0
+
+    @property
+    def line(self) -> str:
+        host = f"[{self.addr}]" if ":" in self.addr else self.addr
+        flags = " down" if self.down else ""
+        return f"server {host}:{self.port} weight={max(self.weight, 1)} max_fails=1 fail_timeout=5s{flags};"
+
+
+def is_backend_name(name: str) -> bool:
+    return 0 < len(name) <= 64 and name[0] in _NAME_START and _NAME.issuperset(name)
+
+
+def refusal(member: Member, default_port: int) -> str | None:
+    """Why `member` cannot be served, or None."""
+    tags = member.tags
+    port = tags.get("port", str(default_port))
+    if not (port.isdigit() and 0 < int(port) < 65536):
+        return f"member {member.name!r}: tag port={port!r}: expected a port number, 1-65535"
+    weight = tags.get("weight", "1")
+    if not (weight.isdigit() and int(weight) <= 256):
+        return f"member {member.name!r}: tag weight={weight!r}: expected 0-256"
+    backend = tags.get("backend")
+    if backend is not None and not is_backend_name(backend):
+        return f"member {member.name!r}: tag backend={backend!r}: expected a letter or digit, then _ . - too"
+    if tags.get("state", "ready") not in STATES:
+        return f"member {member.name!r}: tag state={tags['state']!r}: expected one of {', '.join(STATES)}"
+    return None
+
+
+def servers(members: Iterable[Known], role: str, port: int, backend: str) -> dict[str, list[Server]]:
+    """backend -> its servers (sorted by node), from the alive members of `role` (already checked)."""
+    found: dict[str, list[Server]] = {backend: []}
+    for m in sorted(members):
+        if m.role != role or m.status != "alive":
+            continue
+        t = m.tags
+        server = Server(m.name, t.get("backend", backend), m.addr, int(t.get("port", port)), int(t.get("weight", "1")),
+                        t.get("state", "ready"))
+        found.setdefault(server.backend, []).append(server)
+    return found
