@@ -1,6 +1,8 @@
 """Handler options from one declarative table: each `Option` has a name, a kind (which says
-how it is checked), a default, and whether it is required. `parse` checks a config entry's
+how it is checked), a default, whether it is required, and optionally its own check (which
+raises a ConfigError naming the option, or a ValueError). `parse` checks a config entry's
 options against a table and returns them complete; a ConfigError names the bad one.
+Defaults are taken as they are, not checked.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ class Option(NamedTuple):
     kind: str  # a key of KINDS
     default: object = None
     required: bool = False
+    check: Callable[[object], object] | None = None  # instead of the kind's check
 
 
 def _path(value: object) -> object:
@@ -63,6 +66,18 @@ def _port(value: object) -> object:
     return value
 
 
+def _int(value: object) -> object:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise ValueError("expected a whole number")
+    return value
+
+
+def _fraction(value: object) -> object:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 <= value <= 1:
+        raise ValueError("expected a fraction from 0 to 1")
+    return float(value)
+
+
 def _names(value: object) -> object:
     if not isinstance(value, list) or not all(isinstance(n, str) and n and n.isprintable() for n in value):
         raise ValueError("expected a list of names")
@@ -77,7 +92,7 @@ def _mapping(value: object) -> object:
 
 KINDS: dict[str, Callable[[object], object]] = {
     "path": _path, "argv": _argv, "bool": _bool, "mode": _mode, "text": _text, "port": _port,
-    "names": _names, "mapping": _mapping,
+    "int": _int, "fraction": _fraction, "names": _names, "mapping": _mapping,
 }
 
 
@@ -94,8 +109,9 @@ def parse(table: Sequence[Option], options: Mapping[str, object]) -> dict[str, o
                 raise ConfigError(f"{option.name}: required")
             parsed[option.name] = option.default
             continue
+        check = option.check or KINDS[option.kind]
         try:
-            parsed[option.name] = KINDS[option.kind](options[option.name])
+            parsed[option.name] = check(options[option.name])
         except ValueError as exc:
             raise ConfigError(f"{option.name}: {exc}, got {options[option.name]!r}") from None
     return parsed

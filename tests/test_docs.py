@@ -20,7 +20,6 @@ import argparse
 import ast
 import glob
 import importlib.util
-import inspect
 import re
 from functools import cache
 from pathlib import Path
@@ -288,7 +287,7 @@ def _parsers() -> tuple[argparse.ArgumentParser, dict[str, argparse.ArgumentPars
 
 
 def haproxy_options() -> frozenset[str]:
-    return frozenset(inspect.signature(_options.parse).parameters)
+    return frozenset(option.name for option in _options.OPTIONS)
 
 
 @cache

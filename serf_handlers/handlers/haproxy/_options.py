@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 
+from ..._options import Option
+from ..._options import parse as parse_table
 from ..._typing import TYPE_CHECKING, NamedTuple
 from ...errors import ConfigError
 from ._servers import is_backend_name
@@ -44,56 +46,79 @@ class Options(NamedTuple):
     reload_above: int  # with `socket`: a change of more servers than this is one reload (it costs less)
 
 
-def parse(
-    role: object = "web",
-    port: object = 80,
-    backend: object = "web",
-    config: object = DEFAULT_CONFIG,
-    template: object = None,
-    vars: object = None,
-    state: object = DEFAULT_STATE,
-    check: object = True,
-    haproxy: object = "haproxy",
-    reload: object = None,
-    socket: object = None,
-    on_failed: object = "remove",
-    query: object = "backends",
-    min_alive: object = 0.5,
-    check_path: object = None,
-    check_inter: object = None,
-    tcp: object = None,
-    backup: object = False,
-    check_spread: object = 5,
-    reload_above: object = 250,
-) -> Options:
-    if not isinstance(role, str) or not role:
-        raise ConfigError(f"role: expected a non-empty string, got {role!r}")
-    if not isinstance(port, int) or isinstance(port, bool) or not 1 <= port <= 65535:
-        raise ConfigError(f"port: expected an integer from 1 to 65535, got {port!r}")
-    if not is_backend_name(backend):
+def _role(value: object) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"role: expected a non-empty string, got {value!r}")
+    return value
+
+
+def _port(value: object) -> int:
+    if not isinstance(value, int) or not _is_port(value):
+        raise ConfigError(f"port: expected an integer from 1 to 65535, got {value!r}")
+    return value
+
+
+def _backend(value: object) -> str:
+    if not is_backend_name(value):
         raise ConfigError(
-            f"backend: expected 1-63 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit, got {backend!r}"
+            f"backend: expected 1-63 characters of A-Z a-z 0-9 _ . -, starting with a letter or digit, got {value!r}"
         )
-    config = _path(config, "config")
-    if template is not None:
-        template = _path(template, "template")
-        if not os.path.isfile(template):
-            raise ConfigError(f"template: {template}: no such file")
-    vars = _vars({} if vars is None else vars)
-    state = _path(state, "state")
-    check = _flag(check, "check")
-    haproxy = _path(haproxy, "haproxy")
-    reload = None if reload is None else _argv(reload)
-    socket = None if socket is None else _socket(socket, reload)
-    if on_failed not in ON_FAILED:
-        raise ConfigError(f"on_failed: expected one of {', '.join(ON_FAILED)}, got {on_failed!r}")
-    if not isinstance(query, str) or not query or not _is_word(query) or "," in query:
-        raise ConfigError(f"query: expected a query name (no spaces or commas), got {query!r}")
-    return Options(
-        role, port, backend, config, template, vars, state, check, haproxy, reload, socket, on_failed, query,
-        _fraction(min_alive, "min_alive"), _check_path(check_path), _check_inter(check_inter), _tcp(tcp, backend),
-        _flag(backup, "backup"), _check_spread(check_spread), _reload_above(reload_above),
-    )
+    return value
+
+
+def _template(value: object) -> str | None:
+    if value is None:
+        return None
+    template = _path(value, "template")
+    if not os.path.isfile(template):
+        raise ConfigError(f"template: {template}: no such file")
+    return template
+
+
+def _on_failed(value: object) -> str:
+    if value not in ON_FAILED:
+        raise ConfigError(f"on_failed: expected one of {', '.join(ON_FAILED)}, got {value!r}")
+    return str(value)
+
+
+def _query(value: object) -> str:
+    if not isinstance(value, str) or not value or not _is_word(value) or "," in value:
+        raise ConfigError(f"query: expected a query name (no spaces or commas), got {value!r}")
+    return value
+
+
+# Every option: name, kind (see serf_handlers/_options.py), default, required, its check.
+OPTIONS = (
+    Option("role", "text", "web", False, _role),
+    Option("port", "port", 80, False, _port),
+    Option("backend", "text", "web", False, _backend),
+    Option("config", "path", DEFAULT_CONFIG, False, lambda v: _path(v, "config")),
+    Option("template", "path", None, False, _template),
+    Option("vars", "mapping", {}, False, lambda v: _vars({} if v is None else v)),
+    Option("state", "path", DEFAULT_STATE, False, lambda v: _path(v, "state")),
+    Option("check", "bool", True, False, lambda v: _flag(v, "check")),
+    Option("haproxy", "path", "haproxy", False, lambda v: _path(v, "haproxy")),
+    Option("reload", "argv", None, False, lambda v: None if v is None else _argv(v)),
+    Option("socket", "path", None, False, lambda v: None if v is None else _path(v, "socket")),
+    Option("on_failed", "text", "remove", False, _on_failed),
+    Option("query", "text", "backends", False, _query),
+    Option("min_alive", "fraction", 0.5, False, lambda v: _fraction(v, "min_alive")),
+    Option("check_path", "text", None, False, lambda v: _check_path(v)),
+    Option("check_inter", "int", None, False, lambda v: _check_inter(v)),
+    Option("tcp", "mapping", None, False),  # checked against `backend` in `parse`
+    Option("backup", "bool", False, False, lambda v: _flag(v, "backup")),
+    Option("check_spread", "int", 5, False, lambda v: _check_spread(v)),
+    Option("reload_above", "int", 250, False, lambda v: _reload_above(v)),
+)
+
+
+def parse(**options: object) -> Options:
+    """The options, checked one by one from `OPTIONS`, then together."""
+    values = parse_table(OPTIONS, {key: value for key, value in options.items() if key != "tcp"})
+    values["tcp"] = _tcp(options.get("tcp"), str(values["backend"]))
+    if values["socket"] is not None:
+        _socket(values["socket"], values["reload"])  # type: ignore[arg-type]
+    return Options(**values)  # type: ignore[arg-type]
 
 
 def _socket(socket: object, reload: tuple[str, ...] | None) -> str:
