@@ -388,7 +388,7 @@ def refresh(options: Options) -> list[str]:
 def _reload(options: Options, reason: str) -> str:
     from . import _state
     from ._install import reload, validate
-    from ._render import server_state_file
+    from ._options import server_state_file
     from ._runtime import save_server_state
 
     if options.reload is None:

@@ -49,17 +49,18 @@ from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
 from . import _state
 from ._install import CannotInstall, ValidationError
+from ._options import server_state_file
 from ._plan import FAIL, RELOAD, WAIT, fingerprint, live_only, make_plan
-from ._render import health_checks, render, server_state_file
+from ._render import health_checks, render
 from ._servers import with_ids
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from ._options import Options
-    from ._plan import Key, Plan
+    from ._plan import Plan
     from ._runtime import Runtime
-    from ._servers import Server
+    from ._servers import Key, Server
     from ._state import State
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from ..._typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from ._plan import Key
+    from ._servers import Key
 
 ADMIN_MAINT = 0x23  # forced, inherited, or unresolvable address
 ADMIN_DRAIN = 0x18  # forced or inherited

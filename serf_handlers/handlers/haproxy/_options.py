@@ -121,6 +121,12 @@ def parse(**options: object) -> Options:
     return Options(**values)  # type: ignore[arg-type]
 
 
+def server_state_file(options: Options) -> str:
+    """Where HAProxy loads servers' state from at start-up (saved before every reload):
+    `vars.server_state_file`, else next to the config."""
+    return str(options.vars.get("server_state_file") or f"{os.path.abspath(options.config)}.state")
+
+
 def _socket(socket: object, reload: tuple[str, ...] | None) -> str:
     path = _path(socket, "socket")
     if reload is None:

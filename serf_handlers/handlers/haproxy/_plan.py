@@ -12,7 +12,7 @@ installed config. No files, sockets or processes here; `_execute` carries a plan
 from __future__ import annotations
 
 from ..._typing import TYPE_CHECKING, NamedTuple
-from ._servers import Rejected, Server, from_member
+from ._servers import Key, Rejected, Server, from_member
 from ._state import Behind, State, from_live
 
 if TYPE_CHECKING:
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
     Render = Callable[[Mapping[str, Server]], str]
 
-Key = tuple[str, str]  # (backend, server)
 
 
 # --- which servers HAProxy should have -------------------------------------------------

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 
 from ..._typing import TYPE_CHECKING
-from ._options import DEFAULT_SOCKET
+from ._options import DEFAULT_SOCKET, server_state_file
 from ._servers import by_backend, check_interval, check_options, with_ids
 
 # The Lua service that serves the handler's metrics file (see templates/metrics.lua).
@@ -23,11 +23,6 @@ if TYPE_CHECKING:
     from ._servers import Server
 
 
-def server_state_file(options: Options) -> str:
-    """Where HAProxy loads servers' state from at start-up (saved before every reload)."""
-    return str(context(options, {})["server_state_file"])
-
-
 def context(options: Options, servers: Mapping[str, Server]) -> dict[str, object]:
     """The template variables: defaults, then the operator's `vars`, then the servers (with ids)."""
     backends = by_backend(with_ids(servers), options.backend)
@@ -36,7 +31,7 @@ def context(options: Options, servers: Mapping[str, Server]) -> dict[str, object
     values: dict[str, object] = {
         "bind": "*:80",
         "socket": options.socket or DEFAULT_SOCKET,
-        "server_state_file": f"{os.path.abspath(options.config)}.state",
+        "server_state_file": server_state_file(options),
         "user": "",  # workers drop root to this user and group when set
         "group": "",
         "stats_lua": METRICS_LUA,  # serves `stats_metrics_file` next to the stats page

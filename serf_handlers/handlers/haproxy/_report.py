@@ -12,7 +12,7 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
 
     from ._live import LiveServer
-    from ._plan import Key
+    from ._servers import Key
 
 TRUNCATED = "truncated"
 

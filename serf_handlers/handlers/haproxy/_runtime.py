@@ -30,8 +30,8 @@ if TYPE_CHECKING:
     from typing import TypeVar
 
     from ._live import LiveServer
-    from ._plan import Key, RuntimeChange
-    from ._servers import Server
+    from ._plan import RuntimeChange
+    from ._servers import Key, Server
 
     _A = TypeVar("_A")
     _R = TypeVar("_R")

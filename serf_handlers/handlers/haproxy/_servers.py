@@ -13,6 +13,8 @@ from ..._typing import TYPE_CHECKING, NamedTuple
 from ...errors import EventError
 from ...events import parse_addr
 
+Key = tuple[str, str]  # (backend, server): a server as HAProxy names it
+
 if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any, TypeGuard

@@ -44,7 +44,7 @@ if TYPE_CHECKING:
     from typing import Any
 
     from ._live import LiveServer
-    from ._plan import Key
+    from ._servers import Key
 
 VERSION = 1
 
