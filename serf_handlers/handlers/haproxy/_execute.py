@@ -64,14 +64,22 @@ if TYPE_CHECKING:
     from ._state import State
 
 
-def converge(old: State, new: State, options: Options, full: bool = False) -> list[tuple[str, str]]:
-    """Bring HAProxy (and the state file) from `old` to `new`. Call under the state lock.
-    Returns (node, why) for each member skipped because HAProxy rejected its server."""
-    runtime = None
-    if options.socket is not None:
-        from ._runtime import Runtime
+def session(options: Options) -> Runtime | None:
+    """The run's one admin-socket session (None without `socket`): opened once per run and
+    passed down, so a silent HAProxy costs its retries once."""
+    if options.socket is None:
+        return None
+    from ._runtime import Runtime
 
-        runtime = Runtime(options.socket)
+    return Runtime(options.socket)
+
+
+def converge(
+    old: State, new: State, options: Options, full: bool = False, runtime: Runtime | None = None
+) -> list[tuple[str, str]]:
+    """Bring HAProxy (and the state file) from `old` to `new`. Call under the state lock, with
+    the run's `session`. Returns (node, why) for each member skipped because HAProxy rejected
+    its server."""
     _metrics.inc(_metrics.P + "haproxy_skipped_members_total", _metrics.newly_skipped(old.skipped, new.skipped))
     new = new._replace(notices=_certificate_notices(options, old))
     culprits: dict[str, str] = {}

@@ -15,7 +15,7 @@ from ...dispatch import Drift, reply_budget
 from ...errors import ConfigError, HandlerError
 from ...events import MEMBER_EVENTS, MemberEvent, Query
 from . import _state
-from ._execute import converge
+from ._execute import converge, session
 from ._options import Options, parse
 from ._plan import wanted_after_event, wanted_from_members
 
@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from ...dispatch import Reply
     from ...events import Event, Member
     from ._plan import Wanted
+    from ._runtime import Runtime
     from ._servers import Server
     from ._state import State
 
@@ -122,10 +123,11 @@ class HAProxyHandler:
         from ...members import Membership
 
         with Lock(self._lock_path):
-            old = self._load(rebuild=True)
+            runtime = session(self.options)
+            old = self._load(runtime, rebuild=True)
             failed = members.failed if isinstance(members, Membership) else ()
             wanted = wanted_from_members(old, members, self.options, failed)
-            errors = self._converge(old, wanted, full=True)
+            errors = self._converge(old, wanted, True, runtime)
         _raise_skipped(errors)
 
     # --- the CLI's check, certs, status and render ------------------------------------------
@@ -198,12 +200,13 @@ class HAProxyHandler:
 
     def _member_event(self, event: MemberEvent) -> None:
         with Lock(self._lock_path):
-            old = self._load(rebuild=self.options.socket is not None)
+            runtime = session(self.options)
+            old = self._load(runtime, rebuild=runtime is not None)
             wanted = wanted_after_event(old, event.type, event.members, self.options)
-            errors = self._converge(old, wanted, full=False)
+            errors = self._converge(old, wanted, False, runtime)
         _raise_skipped(errors)
 
-    def _load(self, rebuild: bool) -> State:
+    def _load(self, runtime: Runtime | None, rebuild: bool) -> State:
         """The state; an unreadable one is rebuilt (one warning) when `rebuild` is possible:
         from HAProxy's live servers, or from nothing for reconcile."""
         try:
@@ -211,20 +214,18 @@ class HAProxyHandler:
         except _state.StateError as exc:
             if not rebuild:
                 raise
-            from ._runtime import Runtime
-
-            live = None if self.options.socket is None else Runtime(self.options.socket).live()
+            live = None if runtime is None else runtime.live()
             _log.warning(f"haproxy: {exc}; rebuilding it from {'scratch' if live is None else 'HAProxy'}")
             return _state.EMPTY if live is None else _state.from_live(live)
 
-    def _converge(self, old: State, wanted: Wanted, full: bool) -> list[tuple[str, str]]:
+    def _converge(self, old: State, wanted: Wanted, full: bool, runtime: Runtime | None) -> list[tuple[str, str]]:
         for node, why in wanted.errors:
             _log.error(f"haproxy: member skipped: {why}", node=node)
         for node in sorted(wanted.skipped.keys() - {node for node, _ in wanted.errors}):
             _log.debug("haproxy: member still skipped", node=node, why=wanted.skipped[node][1])
         for note in wanted.notes:
             _log.warning(f"haproxy: {note}")
-        rejected = converge(old, wanted.state(old), self.options, full)
+        rejected = converge(old, wanted.state(old), self.options, full, runtime)
         for node, why in rejected:
             _log.error(f"haproxy: member skipped: {why}", node=node)
         return wanted.errors + rejected
