@@ -39,12 +39,14 @@ class CheckError(HandlerError):
 
 def execute(plan: Plan, old: Record, target: Target, name: str) -> None:
     """Carry out `plan`; on a failure save its rollback record and raise."""
+    saved = old  # what the state file holds now: an intent saved by this run replaces `old`
     for step in plan.steps:
         try:
             if step.kind == SAVE:
                 assert step.record is not None
-                if not _record.same(old, step.record):
+                if not _record.same(saved, step.record):
                     _record.save(target.state, step.record)
+                    saved = step.record
             elif step.kind == INSTALL:
                 install(target, plan.text, name)
             elif step.kind == RELOAD:
@@ -107,14 +109,21 @@ def _mode_and_owner(target: Target) -> tuple[int, tuple[int, int] | None]:
         mode, uid, gid = st.st_mode & 0o7777, st.st_uid, st.st_gid
     except FileNotFoundError:
         mode, uid, gid = DEFAULT_MODE, os.geteuid(), os.getegid()
+    # No such user or group here is a HandlerError (not a KeyError), so the rollback is saved.
     if target.owner is not None:
         import pwd
 
-        uid = pwd.getpwnam(target.owner).pw_uid
+        try:
+            uid = pwd.getpwnam(target.owner).pw_uid
+        except KeyError:
+            raise HandlerError(f"owner: no user {target.owner!r} on this host") from None
     if target.group is not None:
         import grp
 
-        gid = grp.getgrnam(target.group).gr_gid
+        try:
+            gid = grp.getgrnam(target.group).gr_gid
+        except KeyError:
+            raise HandlerError(f"group: no group {target.group!r} on this host") from None
     return (mode if target.mode is None else target.mode), (uid, gid)
 
 

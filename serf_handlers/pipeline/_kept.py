@@ -68,7 +68,11 @@ class KeptFile:
                     "run `serf-handle reconcile` to rebuild it (the file is left as it is)"
                 )
             members, refused = after_event(old.members, event.type, event.members, self._refuse)
-            self._converge(old, old._replace(members=members, node=node))
+            try:
+                self._converge(old, old._replace(members=members, node=node))
+            except HandlerError:
+                _log_refused(refused)  # a run failing for another reason still names whom it skipped
+                raise
         _raise_refused(refused)
 
     def _holds_members(self, installed: bytes | None) -> bool:
@@ -89,7 +93,11 @@ class KeptFile:
                 _log.warning(f"{self.name}: {exc}; rebuilding it")
                 old = _record.EMPTY
             members, refused = from_members(alive, failed(), self._refuse)
-            self._converge(old, old._replace(members=members))
+            try:
+                self._converge(old, old._replace(members=members))
+            except HandlerError:
+                _log_refused(refused)
+                raise
         _raise_refused(refused)
 
     def _converge(self, old: _record.Record, new: _record.Record) -> None:
@@ -105,21 +113,33 @@ class KeptFile:
     # --- status, render, check -------------------------------------------------------------
 
     def status(self) -> tuple[str, bool]:
-        """The kept members and the file; True when the file differs from what was installed
-        or a reload is owed (`serf-handle status` exits 1)."""
+        """The kept members and the file; True when the file differs from what was installed,
+        is behind the members (not rendered, or refused by the check), has no state file (so
+        every event leaves it alone), or a reload is owed (`serf-handle status` exits 1)."""
         record = _record.load(self.target.state)
         lines = [f"{m.name} {m.addr} role={m.role} {m.status}" for m in sorted(record.members.values())]
         installed = read_bytes(self.target.destination)
-        drift = False
-        if installed is None:
-            lines.append(f"file: {self.target.destination}: not written yet")
+        drift = True
+        where = f"file: {self.target.destination}"
+        if installed is None or (not record.exists and not self._holds_members(installed)):
+            lines.append(f"{where}: not written yet")
             drift = record.exists
+        elif not record.exists:
+            lines.append(f"{where}: no state file, so events leave it as it is (`serf-handle reconcile` rebuilds it)")
         elif record.installed is not None and digest(installed) != record.installed:
-            lines.append(f"file: {self.target.destination}: changed since this handler installed it "
-                         "(`serf-handle reconcile` writes it again)")
-            drift = True
+            lines.append(f"{where}: changed since this handler installed it (`serf-handle reconcile` writes it again)")
         else:
-            lines.append(f"file: {self.target.destination}: as installed")
+            try:
+                behind = self._render(record.members, record.node).encode("utf-8") != installed
+            except HandlerError as exc:
+                lines.append(f"{where}: cannot be rendered: {exc}")
+            else:
+                if behind:
+                    lines.append(f"{where}: behind the members: not installed since they changed "
+                                 "(see the last run's error; `serf-handle render --diff` shows what is missing)")
+                else:
+                    lines.append(f"{where}: as installed")
+                    drift = False
         if record.reload_pending is not None:
             lines.append(f"reload pending: {record.reload_pending} (the next run retries it)")
             drift = True
@@ -139,13 +159,19 @@ class KeptFile:
         return "".join(difflib.unified_diff(installed, rendered, self.target.destination, where))
 
     def write(self) -> str:
-        """`render --write`: install the text for the current record now (checked; no reload)."""
+        """`render --write`: install the text for the current record now (checked; no reload),
+        and record that it did (else `status` would call the handler's own file changed)."""
         from ._execute import install
 
         with Lock(f"{self.target.state}.lock"):
-            text = self.text()
-            if read_bytes(self.target.destination) != text.encode("utf-8"):
+            record = _record.load(self.target.state)
+            text = self._render(record.members, record.node)
+            data = text.encode("utf-8")
+            if read_bytes(self.target.destination) != data:
                 install(self.target, text, self.name)
+            done = record._replace(installed=digest(data), exists=True)  # a reload owed stays owed
+            if not _record.same(record, done):
+                _record.save(self.target.state, done)
         return text
 
     def self_check(self) -> list[str]:
@@ -156,8 +182,11 @@ class KeptFile:
         text = self.text()
         if self.target.check is None:
             return [f"renders {len(text.encode('utf-8'))} bytes for {self.target.destination} (no check command)"]
-        fd, candidate = tempfile.mkstemp(prefix=".check.", suffix=".tmp",
-                                         dir=os.path.dirname(os.path.abspath(self.target.destination)))
+        directory = os.path.dirname(os.path.abspath(self.target.destination))
+        try:
+            fd, candidate = tempfile.mkstemp(prefix=".check.", suffix=".tmp", dir=directory)
+        except OSError as exc:  # the directory is missing or not writable: what an install would hit too
+            raise HandlerError(f"cannot write a candidate in {directory}: {exc.strerror or exc}") from None
         try:
             os.write(fd, text.encode("utf-8"))
             os.close(fd)
@@ -167,8 +196,12 @@ class KeptFile:
         return [f"renders {len(text.encode('utf-8'))} bytes for {self.target.destination}; the check accepts it"]
 
 
+def _log_refused(refused: list[str]) -> None:
+    for why in refused:
+        _log.error(f"member skipped: {why}")
+
+
 def _raise_refused(refused: list[str]) -> None:
     if refused:
-        for why in refused:
-            _log.error(f"member skipped: {why}")
+        _log_refused(refused)
         raise HandlerError(f"{len(refused)} member(s) skipped: {'; '.join(refused)}")
