@@ -10,7 +10,8 @@ The order is the crash-safety protocol:
    renamed over it; a refused candidate leaves the destination byte-identical.
 3. RELOAD: only because the content changed, or because an earlier reload is still owed
    (failed, or killed before it ran): retried even when the file on disk is already
-   current, which consul-template, confd and docker-gen get wrong.
+   current, which consul-template, confd and docker-gen get wrong; and once when there is
+   no record at all (lost, or a first run over a file rendered beforehand).
 4. SAVE done: the digest of what was installed, nothing pending.
 
 A failure anywhere saves `rollback` (the members are never lost; what was installed and
@@ -64,5 +65,9 @@ def make_plan(old: Record, new: Record, installed: bytes | None, text: str, relo
             steps.append(Step(RELOAD, why="the content changed"))
     elif reloads and old.reload_pending is not None:
         steps.append(Step(RELOAD, why=f"owed by an earlier run ({old.reload_pending})"))
+    elif reloads and not old.exists:
+        # The record is lost: a reload it owed would be forgotten, and whether the running
+        # service loaded this file is unknown. One reload more is the safe side.
+        steps.append(Step(RELOAD, why="no record of whether this file was loaded"))
     steps.append(Step(SAVE, done))
     return Plan(tuple(steps), text, rollback, reload_failed)
