@@ -1,6 +1,6 @@
 """`make bench`: measure what users feel, and regenerate BENCHMARKS.md from the figures.
 
-    python -m bench                 all eight sections (about 20 minutes on 2 cores)
+    python -m bench                 all nine sections (about 25 minutes on 2 cores)
     python -m bench --only 2        one section (or --only 1,3); the others are kept
     python -m bench --quick         fewer rounds, shorter runs; prints, writes nothing
     python -m bench --only 7,8 --small   sections 7 and 8 at small sizes; prints, writes nothing
@@ -11,8 +11,10 @@ drain, tls, agents and replay, the Markdown in report.py).
 Sections: 1 per-event cost, 2 scale, 3 churn under load, 4 convergence, 5 drain under load,
 6 TLS termination (HTTPS against plain HTTP, certificate renewal under load), 7 real serf
 agents (50, 100, 200 web nodes), 8 replayed events of 200 to 5,000 members against a real
-HAProxy. `--small` runs 7 and 8 at sizes a shared machine can take while others work on it
-(agents 10 and 20, members 100 and 500), and writes nothing.
+HAProxy, 10 nginx as the load balancer (churn under wrk, per-event cost beside HAProxy's;
+9, the Docker images, is `make bench-docker`). `--small` runs 7 and 8 at sizes a shared
+machine can take while others work on it (agents 10 and 20, members 100 and 500), and
+writes nothing.
 It reports and never asserts a target: a missed target is a figure in the report. It
 fails (exit 1) only when the benchmark itself could not run (e.g. a check that a timed
 event really changed HAProxy did not hold). Every process it starts is stopped by PID.
@@ -32,7 +34,7 @@ from pathlib import Path
 
 from support.processes import require
 
-from . import agents, churn, convergence, drain, per_event, replay, scale, tls
+from . import agents, churn, convergence, drain, nginx_lb, per_event, replay, scale, tls
 from .procs import REPO, make_install, open_to_all, tempdir
 from .report import (
     DOC,
@@ -49,21 +51,23 @@ from .report import (
     update_doc,
 )
 
-SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "8")
+SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "8", "10")
+TITLES["10"] = nginx_lb.TITLE  # the same dict update_doc reads
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", default=None, metavar="N[,N]",
                         help="run only these sections (1 per-event, 2 scale, 3 churn, 4 convergence, 5 drain, 6 TLS, "
-                        "7 real agents, 8 replay)")
+                        "7 real agents, 8 replay, 10 nginx LB)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run; prints, does not write BENCHMARKS.md")
     parser.add_argument("--small", action="store_true",
                         help="sections 7 and 8 at small sizes (agents 10, 20; members 100, 500); writes nothing")
     parser.add_argument("--no-write", action="store_true", help="print the results, do not touch BENCHMARKS.md")
     parser.add_argument("--keep", action="store_true", help="keep the temporary directory (logs) for inspection")
     args = parser.parse_args(argv)
-    only = sorted({s.strip() for item in (args.only or SECTIONS) for s in item.split(",") if s.strip()})
+    only = sorted({s.strip() for item in (args.only or SECTIONS) for s in item.split(",") if s.strip()},
+                  key=lambda s: (len(s), s))  # 10 after 8
     unknown = [s for s in only if s not in SECTIONS]
     if unknown:
         parser.error(f"unknown section(s) {unknown}: expected some of {', '.join(SECTIONS)}")
@@ -98,6 +102,9 @@ def main(argv: list[str] | None = None) -> int:
             "8": lambda d: format_replay(replay.run(venv_bin, d, rounds=1 if args.quick else replay.ROUNDS,
                                                     sizes=replay.SMALL_SIZES if small else replay.SIZES,
                                                     cpu_window=3 if args.quick else replay.CPU_SECONDS)),
+            "10": lambda d: nginx_lb.format_nginx(nginx_lb.run(venv_bin, d, runs=1 if args.quick else nginx_lb.RUNS,
+                                                               duration=8 if args.quick else nginx_lb.DURATION,
+                                                               rounds=8 if args.quick else nginx_lb.ROUNDS)),
         }
         for section in only:
             started = time.monotonic()

@@ -19,7 +19,8 @@ candidate, an atomic install, a reload only when the text changed, a failed relo
         backup: false
 
 A member's `weight` (0-256; 0 is `down`) and `state` tags (ready, drain, maint: drain and
-maint are `down`) are honoured.
+maint are `down`) are honoured. Backend names are folded to lowercase: nginx compares upstream
+names (and Host) without case, so `API` and `api` are one backend.
 """
 
 from __future__ import annotations
@@ -53,12 +54,15 @@ OPTIONS = (
 
 class NginxHandler(KeptFileHandler):
     def __init__(self, **options: object) -> None:
-        o = parse(OPTIONS, options)
+        # `template: null` and `state: null` mean the default, as documented above.
+        o = parse(OPTIONS, {k: v for k, v in options.items() if v is not None or k not in ("template", "state")})
         self.selected_role = str(o["role"])
         self.port = int(str(o["port"]))
-        self.backend = str(o["backend"])
-        if not is_backend_name(self.backend):
-            raise ConfigError(f"backend: expected a letter or digit, then letters, digits, _ . -, got {self.backend!r}")
+        backend = str(o["backend"])
+        if not is_backend_name(backend):
+            raise ConfigError(f"backend: expected a letter or digit, then letters, digits, _ . - (no ..), "
+                              f"got {backend!r}")
+        self.backend = backend.lower()  # nginx compares upstream names and Host without case
         self.template = None if o["template"] is None else str(o["template"])
         self.vars: Mapping[str, object] = o["vars"]  # type: ignore[assignment]
         config, binary = str(o["config"]), str(o["nginx"])

@@ -48,6 +48,9 @@ def builtin(c: Mapping[str, object]) -> str:
         "    proxy_next_upstream error timeout http_502 http_503 http_504;\n",
         "    proxy_next_upstream_tries 3;\n",
         "    proxy_connect_timeout 2s;\n",
+        # Room for backend names of up to 64 characters as server names (the default, the CPU's
+        # cache line, fits 46 on x86-64: "could not build server_names_hash").
+        "    server_names_hash_bucket_size 128;\n",
     ]
     for name, servers in sorted(backends.items()):
         if any(not s.down for s in servers):

@@ -37,7 +37,8 @@ class Server(NamedTuple):
 
 
 def is_backend_name(name: str) -> bool:
-    return 0 < len(name) <= 64 and name[0] in _NAME_START and _NAME.issuperset(name)
+    # nginx refuses a server_name with ".." ("invalid server name or wildcard").
+    return 0 < len(name) <= 64 and name[0] in _NAME_START and _NAME.issuperset(name) and ".." not in name
 
 
 def refusal(member: Member, default_port: int) -> str | None:
@@ -51,7 +52,7 @@ def refusal(member: Member, default_port: int) -> str | None:
         return f"member {member.name!r}: tag weight={weight!r}: expected 0-256"
     backend = tags.get("backend")
     if backend is not None and not is_backend_name(backend):
-        return f"member {member.name!r}: tag backend={backend!r}: expected a letter or digit, then _ . - too"
+        return f"member {member.name!r}: tag backend={backend!r}: expected a letter or digit, then _ . - too (no ..)"
     if tags.get("state", "ready") not in STATES:
         return f"member {member.name!r}: tag state={tags['state']!r}: expected one of {', '.join(STATES)}"
     return None
@@ -64,7 +65,8 @@ def servers(members: Iterable[Known], role: str, port: int, backend: str) -> dic
         if m.role != role or m.status != "alive":
             continue
         t = m.tags
-        server = Server(m.name, t.get("backend", backend), m.addr, int(t.get("port", port)), int(t.get("weight", "1")),
+        name = t.get("backend", backend).lower()  # nginx: "duplicate upstream" for `API` beside `api`
+        server = Server(m.name, name, m.addr, int(t.get("port", port)), int(t.get("weight", "1")),
                         t.get("state", "ready"))
         found.setdefault(server.backend, []).append(server)
     return found
