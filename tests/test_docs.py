@@ -33,6 +33,7 @@ import yaml
 from serf_handlers import cli, config
 from serf_handlers.handlers.file_sd import _handler as file_sd
 from serf_handlers.handlers.haproxy import _options
+from serf_handlers.handlers.nginx import _handler as nginx
 from serf_handlers.handlers.template import _handler as template
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -52,7 +53,7 @@ class Ref(NamedTuple):
 
 
 # The handlers whose options come from a declarative table (serf_handlers/_options.py).
-KEPT_FILE_HANDLERS = {"template": template.OPTIONS, "file_sd": file_sd.OPTIONS}
+KEPT_FILE_HANDLERS = {"template": template.OPTIONS, "file_sd": file_sd.OPTIONS, "nginx": nginx.OPTIONS}
 
 
 def _top_dirs() -> set[str]:

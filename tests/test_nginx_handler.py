@@ -796,3 +796,17 @@ def test_kill_between_install_and_reload_is_owed_and_paid_by_the_next_run(ngx: N
     assert ngx.reload_count() == 1 and ngx.snapshot()[:3] == before
     assert ngx.run(None, args=("status",)).returncode == 0
 
+
+
+@pytest.mark.parametrize(
+    ("vars", "line"),
+    [
+        pytest.param({}, "keepalive_timeout 75s;", id="default"),
+        pytest.param({"keepalive_timeout": "0"}, "keepalive_timeout 0;", id="no client keep-alive (nginx < 1.27.4)"),
+    ],
+)
+def test_client_keepalive_is_a_variable(ngx: Ngx, vars: dict[str, str], line: str) -> None:
+    ngx.write_yml(vars={**ngx.options["vars"], **vars})
+    ngx.ok("member-join", member_line("web1", "10.0.0.1"))
+    assert f"    {line}\n" in ngx.text() and "keepalive_min_timeout" not in ngx.text()
+    accepted(ngx)

@@ -26,6 +26,10 @@ DEFAULTS: dict[str, object] = {
     "worker_connections": 1024,
     # Old workers holding long connections are closed after this, so reloads never pile them up.
     "worker_shutdown_timeout": "30s",
+    # Clients' keep-alive: an old worker closes idle connections at a reload, so a request sent
+    # on one just then fails; "0" (no client keep-alive) avoids that on nginx < 1.27.4, and
+    # `keepalive_min_timeout` (when set; nginx >= 1.27.4 only) does on newer ones.
+    "keepalive_timeout": "75s",
 }
 
 
@@ -45,6 +49,8 @@ def builtin(c: Mapping[str, object]) -> str:
         f"events {{\n    worker_connections {c['worker_connections']};\n}}\n",
         "http {\n",
         f"    access_log {c['access_log']};\n",
+        f"    keepalive_timeout {c['keepalive_timeout']};\n",
+        *([f"    keepalive_min_timeout {c['keepalive_min_timeout']};\n"] if c.get("keepalive_min_timeout") else []),
         "    proxy_next_upstream error timeout http_502 http_503 http_504;\n",
         "    proxy_next_upstream_tries 3;\n",
         "    proxy_connect_timeout 2s;\n",
