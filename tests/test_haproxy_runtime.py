@@ -215,6 +215,24 @@ def test_runtime_updates_move_and_reweight(live: tuple[Env, FakeAdmin]) -> None:
     assert env.reload_count() == 0
 
 
+def test_servers_put_back_are_added_before_the_leaving_one_drains(live: tuple[Env, FakeAdmin]) -> None:
+    """Adds go first: web2 and web3 failed and were removed (3, then 2 of 4 alive: allowed by
+    min_alive 0.5); web4 then leaves, 1 of 3 alive, so the run puts web2 and web3 back and
+    removes web4. HAProxy must never serve from web1 alone in between (found by
+    tests/integration/test_network_faults.py, case f: the early drain of web4 came first)."""
+    env, admin = live
+    env.event("member-join", *(web(f"web{i}", 8080 + i) for i in range(1, 5)))
+    env.event("member-failed", web("web2", 8082))
+    env.event("member-failed", web("web3", 8083))
+    assert set(admin.servers) == {"web/web1", "web/web4"}
+    admin.take()
+    env.event("member-leave", web("web4", 8084))
+    commands = admin.take()
+    assert commands.index("set server web/web3 state ready") < commands.index("set server web/web4 state drain"), commands
+    assert set(admin.servers) == {"web/web1", "web/web2", "web/web3"}
+    assert env.reload_count() == 0
+
+
 def test_refused_delete_is_pending_retried_and_revived(live: tuple[Env, FakeAdmin]) -> None:
     env, admin = live
     env.event("member-join", web("web1", 8081), web("web2", 8082))

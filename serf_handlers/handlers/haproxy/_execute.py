@@ -6,7 +6,7 @@ throughout and does, in this order:
 1. Read HAProxy's live servers (admin socket), then plan. A template that cannot render
    fails here, before anything is touched: save ROLLBACK.
 2. Start draining the servers that go (runtime API only), so that the drain time
-   overlaps the validation below.
+   overlaps the validation below; not when the change also adds servers (they go first).
 3. Only when there was no state file: save INTENT, which records what HAProxy is known
    to run (usually "unknown"). Without it, a run killed between 4 and 6 would leave an
    installed file that the next run takes for what HAProxy runs.
@@ -145,8 +145,8 @@ def _converge(old: State, new: State, options: Options, full: bool, runtime: Run
 def execute(plan: Plan, old: State, options: Options, runtime: Runtime | None = None) -> None:
     """Steps 2-7 of the protocol above."""
     if plan.text is not None:
-        if runtime is not None:
-            runtime.drain_early(plan.runtime.drain)
+        if runtime is not None and plan.drain_early:
+            runtime.drain_early(plan.drain_early)
         from ._install import install
 
         try:

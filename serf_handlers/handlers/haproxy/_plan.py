@@ -250,6 +250,7 @@ class Plan(NamedTuple):
     before: Mapping[str, Server]  # what HAProxy had, for the log
     installed: str | None = None  # the config file's text before the run (see `_execute.execute`)
     error: str | None = None  # the run fails with this after saving `done` (`live_only`)
+    drain_early: tuple[Server, ...] = ()  # drained before installing, so the drain overlaps `haproxy -c`
 
 
 def make_plan(
@@ -297,7 +298,10 @@ def make_plan(
         runtime = runtime_change(applied if live is None else actual or {}, wanted, pending)
     before = (applied if live is None else actual) or {}
     done = done._replace(pending=pending)
-    return Plan(text if changed else None, runtime, reason, RELOAD, intent, rollback, done, before, installed)
+    # Not when servers are also added: they go first (`Runtime.apply`), so capacity never dips.
+    early = () if runtime.add else runtime.drain
+    return Plan(text if changed else None, runtime, reason, RELOAD, intent, rollback, done, before, installed, None,
+                early)
 
 
 def live_only(
