@@ -13,7 +13,7 @@ from types import SimpleNamespace
 
 from . import __version__, _cache, _log, _metrics
 from ._typing import TYPE_CHECKING
-from .config import Config, build_dispatcher, find_config, load_config
+from .config import DEFAULT_MAX_QUEUE, Config, build_dispatcher, find_config, load_config
 from .dispatch import EXIT_BAD_INPUT, EXIT_HANDLER_FAILED, EXIT_OK, Dispatcher, Drift
 from .errors import ConfigError, HandlerError, SerfHandlersError
 
@@ -185,6 +185,34 @@ def _cluster_check(args: SimpleNamespace, config: Config, dispatcher: Dispatcher
     return code
 
 
+def _watch(args: SimpleNamespace, config: Config, dispatcher: Dispatcher, env: Mapping[str, str]) -> int:
+    try:
+        from .watch import serve
+    except ModuleNotFoundError as exc:
+        if exc.name != "msgpack":
+            raise
+        raise ConfigError("watch: needs the msgpack library: install Debian's python3-msgpack, "
+                          "or pip install 'serf-handlers[watch]'") from None
+    running = [config]
+
+    def reload() -> tuple[Config, Dispatcher]:
+        """SIGHUP: the config file again, in full; any error leaves everything as it was."""
+        new = load_config(*find_config(args.config, env), cache_dir=_cache.cache_dir(env))
+        handlers = build_dispatcher(new)
+        old = running[0]
+        try:
+            _log.configure(new.log_level, new.log_format, new.log_file, debug=args.debug)
+        except ConfigError as exc:
+            _log.configure(old.log_level, old.log_format, old.log_file, debug=args.debug)
+            raise ConfigError(f"{new.source}: {exc}") from None
+        running[0] = new
+        return new, handlers
+
+    rpc_addr = args.rpc_addr or env.get("SERF_RPC_ADDR") or "127.0.0.1:7373"
+    rpc_auth = args.rpc_auth or env.get("SERF_RPC_AUTH")
+    return serve(config, dispatcher, reload, rpc_addr, rpc_auth, args.max_queue)
+
+
 def _seconds(text: str) -> float:
     import argparse
 
@@ -197,8 +225,16 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _count(text: str) -> int:
+    import argparse
+
+    if not text.isascii() or not text.isdigit() or not 1 <= int(text) <= 1_000_000:
+        raise argparse.ArgumentTypeError(f"expected a number from 1 to 1000000, got {text!r}")
+    return int(text)
+
+
 _COMMANDS = {"handle": _handle, "check": _check, "reconcile": _reconcile, "status": _status, "render": _render,
-             "metrics": _print_metrics, "certs": _certs, "cluster-check": _cluster_check}
+             "metrics": _print_metrics, "certs": _certs, "cluster-check": _cluster_check, "watch": _watch}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -232,6 +268,8 @@ def _parser() -> argparse.ArgumentParser:
         "certs": "check the TLS certificates (vars.tls_certs) and make HAProxy serve the files as they are now",
         "cluster-check": "ask every load balancer (a Serf query) what it serves; exit 0 when all agree, "
         "1 when not or one does not answer, 2 on error",
+        "watch": "run the handlers in one long-running process fed by the agent's RPC event stream "
+        "(instead of -event-handler); SIGHUP re-reads the config, SIGTERM stops",
     }
     for name, help in commands.items():
         command = sub.add_parser(name, help=help, description=help)
@@ -241,7 +279,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _add_command_arguments(name: str, command: argparse.ArgumentParser) -> None:
-    if name in ("reconcile", "cluster-check"):
+    if name in ("reconcile", "cluster-check", "watch"):
         command.add_argument("--rpc-addr", help="Serf RPC address (default: $SERF_RPC_ADDR, else 127.0.0.1:7373)")
         command.add_argument("--rpc-auth", help="Serf RPC auth key (default: $SERF_RPC_AUTH)")
     if name == "cluster-check":
@@ -252,6 +290,10 @@ def _add_command_arguments(name: str, command: argparse.ArgumentParser) -> None:
         command.add_argument("--query", default=None,
                              help="the query the haproxy handlers answer (default: this node's configured "
                                   "haproxy handler's `query`, else backends)")
+    if name == "watch":
+        command.add_argument("--max-queue", type=_count, default=DEFAULT_MAX_QUEUE, metavar="N",
+                             help="records queued before the backlog collapses into one reconcile "
+                                  f"(default: {DEFAULT_MAX_QUEUE})")
     if name == "render":
         how = command.add_mutually_exclusive_group()
         how.add_argument("--write", action="store_true", help="also install it (validated, atomically), no reload")

@@ -22,7 +22,10 @@ if TYPE_CHECKING:
 
 DEFAULT_PATH = "/etc/serf-handlers/config.yml"
 _LOG_KEYS = {"level", "format", "file"}
-_TOP_KEYS = {"log", "handlers", "metrics"}
+_TOP_KEYS = {"log", "handlers", "metrics", "wait", "reconcile_interval"}
+_WAIT_KEYS = {"min", "max"}
+DEFAULT_RECONCILE_INTERVAL = 60.0  # seconds: `serf-handle watch`'s periodic reconcile
+DEFAULT_MAX_QUEUE = 1024  # `serf-handle watch --max-queue`: records queued before a collapse into one reconcile
 _DEFAULT_HANDLERS: tuple[Mapping[str, object], ...] = ({"type": "log"},)
 
 
@@ -43,6 +46,10 @@ class Config(NamedTuple):
     log_file: str | None = None
     handlers: tuple[HandlerSpec, ...] = ()
     metrics: str | None = None  # the handler's own metrics file (Prometheus text, see _metrics.py)
+    # `serf-handle watch` only (a per-event run has nothing to wait for): seconds.
+    wait_min: float = 0.0  # after a membership change, quiet this long before the handlers run
+    wait_max: float = 0.0  # but never hold a change longer than this
+    reconcile_interval: float = DEFAULT_RECONCILE_INTERVAL
 
 
 def find_config(cli_path: str | None, env: Mapping[str, str]) -> tuple[str, bool]:
@@ -95,7 +102,69 @@ def parse_config(data: object, source: str) -> Config:
         if not metrics.isprintable() or metrics.endswith("/"):
             example = "/var/lib/prometheus/node-exporter/serf_handlers.prom"
             raise ConfigError(f"{source}: metrics: expected a file path (e.g. {example}), got {metrics!r}")
-    return Config(source, level, fmt, file, specs, metrics)
+    wait_min, wait_max = _wait(mapping.get("wait"), source)
+    interval = mapping.get("reconcile_interval")
+    interval = DEFAULT_RECONCILE_INTERVAL if interval is None else _duration(interval, source, "reconcile_interval")
+    if not _MIN_INTERVAL <= interval <= _MAX_DURATION:
+        raise ConfigError(f"{source}: reconcile_interval: expected 1s to 24h, got {_seconds(interval)}")
+    return Config(source, level, fmt, file, specs, metrics, wait_min, wait_max, interval)
+
+
+_MIN_INTERVAL = 1.0
+_MAX_DURATION = 86400.0
+_UNITS = (("ms", 0.001), ("h", 3600.0), ("m", 60.0), ("s", 1.0))  # "ms" before "m" and "s"
+
+
+def _wait(raw: object, source: str) -> tuple[float, float]:
+    """consul-template's `wait: {min, max}`: a change waits until `min` passes without another
+    one, but never longer than `max` (default: 4 x `min`, as consul-template's)."""
+    if raw is None:
+        return 0.0, 0.0
+    wait = _mapping(raw, source, "wait")
+    _no_unknown_keys(wait, _WAIT_KEYS, source, "wait.")
+    low = _duration(wait.get("min", 0), source, "wait.min")
+    high = _duration(wait["max"], source, "wait.max") if "max" in wait else 4 * low
+    for key, value in (("min", low), ("max", high)):
+        if value > _MAX_DURATION:
+            raise ConfigError(f"{source}: wait.{key}: expected at most 24h, got {_seconds(value)}")
+    if high < low:
+        raise ConfigError(f"{source}: wait.max: must not be less than wait.min ({_seconds(low)}), got {_seconds(high)}")
+    return low, high
+
+
+def _duration(raw: object, source: str, where: str) -> float:
+    """Seconds from a Go-style duration ("500ms", "2s", "1m30s"); the number 0 is also zero."""
+    if isinstance(raw, int) and not isinstance(raw, bool) and raw == 0:
+        return 0.0
+    seconds = parse_duration(raw) if isinstance(raw, str) else None
+    if seconds is None:
+        raise ConfigError(f"{source}: {where}: expected a duration such as 500ms, 2s or 1m30s, got {_kind(raw)}")
+    return seconds
+
+
+def _seconds(value: float) -> str:
+    return f"{value:g}s"
+
+
+def parse_duration(text: str) -> float | None:
+    """Seconds from `text`: one or more <number><unit> (ms, s, m, h), as Go writes them; None
+    when it is not one. Without `re`: config.py is on the per-event path."""
+    total, rest = 0.0, text.strip()
+    if not rest:
+        return None
+    while rest:
+        digits = 0
+        while digits < len(rest) and (rest[digits].isdigit() or rest[digits] == "."):
+            digits += 1
+        number, rest = rest[:digits], rest[digits:]
+        if not number.strip(".") or not number.isascii() or number.count(".") > 1:
+            return None
+        unit = next(((name, factor) for name, factor in _UNITS if rest.startswith(name)), None)
+        if unit is None:
+            return None
+        total += float(number) * unit[1]
+        rest = rest[len(unit[0]) :]
+    return total
 
 
 def build_dispatcher(config: Config) -> Dispatcher:

@@ -12,7 +12,7 @@ or a plain function, which is the handler itself and takes no options.
 
 from __future__ import annotations
 
-import importlib
+import sys
 
 from ._typing import TYPE_CHECKING
 from .dispatch import takes_role
@@ -71,7 +71,9 @@ def _import(spec: str, kind: str, where: str) -> object:
     if not module_name or not attr:
         raise PluginError(f"{where}: {kind!r}: expected module:attribute")
     try:
-        module = importlib.import_module(module_name)
+        # importlib.import_module, without importing importlib (and warnings) on every event.
+        __import__(module_name)
+        module = sys.modules[module_name]
     except Exception as exc:  # noqa: BLE001 - an import can fail in any way; say which plugin
         raise PluginError(f"{where}: handler {kind!r} failed to import: {type(exc).__name__}: {exc}") from None
     target = module

@@ -43,7 +43,8 @@ def write(tmp_path: Path, text: str) -> str:
     ("text", "message"),
     [
         pytest.param("- a\n- b\n", "the top level: expected a mapping, got list", id="not a mapping"),
-        pytest.param("logs: {}\n", "logs: unknown key (expected one of handlers, log, metrics)", id="unknown top key"),
+        pytest.param("logs: {}\n", "logs: unknown key (expected one of handlers, log, metrics, reconcile_interval, "
+                     "wait)", id="unknown top key"),
         pytest.param("log: {colour: red}\n", "log.colour: unknown key", id="unknown log key"),
         pytest.param("log: {level: loud}\n", "log.level: expected one of debug, info, warning, error", id="level"),
         pytest.param("log: {format: xml}\n", "log.format: expected one of text, json", id="format"),
@@ -236,6 +237,34 @@ def test_python_dash_m_works(tmp_path: Path) -> None:
     done = subprocess.run([sys.executable, "-m", "serf_handlers", "--version"], capture_output=True, timeout=30)
     assert done.returncode == 0
     assert done.stdout.decode().startswith("serf-handle ")
+
+
+def test_installed_serf_handle_is_our_launcher_and_an_event_imports_no_re(tmp_path: Path) -> None:
+    """bin/serf-handle is serf_handlers/serf-handle (setup.cfg `scripts`), not pip's generated
+    wrapper (which imports `re` before pip 25), and a log-handler event imports neither `re`
+    nor `collections`. Run by its own shebang's interpreter with -S, so that only the script
+    and the package count, not what the site's .pth files import (the editable install's
+    finder imports pathlib, hence re)."""
+    script = Path(sys.executable).parent / "serf-handle"
+    launcher = Path(cli.__file__).with_name("serf-handle").read_text()
+    installed = script.read_text()
+    shebang, _, body = installed.partition("\n")
+    assert body == launcher.partition("\n")[2], f"{script} is not serf_handlers/serf-handle: reinstall the package"
+    assert shebang.startswith("#!/") and launcher.startswith("#!python\n")
+    interpreter = shebang[2:].strip()
+    assert Path(interpreter).samefile(sys.executable), shebang
+    path = write(tmp_path, "log: {file: /dev/null}\nhandlers: [{type: log}]\n")
+    env = {"SERF_EVENT": "member-join", "SERF_HANDLERS_CACHE_DIR": str(tmp_path / "cache"), "PATH": "/usr/bin:/bin"}
+    warm = subprocess.run([str(script), "--config", path], input=MEMBER, env=env, capture_output=True, timeout=30)
+    assert warm.returncode == 0, warm.stderr  # parses the YAML (site-packages) and fills the cache
+    package_root = str(Path(cli.__file__).parent.parent)
+    done = subprocess.run([interpreter, "-S", "-X", "importtime", str(script), "--config", path], input=MEMBER,
+                          env={**env, "PYTHONPATH": package_root}, capture_output=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    imported = {line.rsplit("|", 1)[1].strip() for line in done.stderr.decode().splitlines()
+                if line.startswith("import time:") and "|" in line}
+    assert {"serf_handlers.cli", "serf_handlers.handlers.log"} <= imported  # the event really ran
+    assert not imported & {"re", "collections", "typing", "yaml", "importlib", "enum"}
 
 
 @pytest.mark.parametrize(

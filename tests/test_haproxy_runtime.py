@@ -228,7 +228,9 @@ def test_servers_put_back_are_added_before_the_leaving_one_drains(live: tuple[En
     admin.take()
     env.event("member-leave", web("web4", 8084))
     commands = admin.take()
-    assert commands.index("set server web/web3 state ready") < commands.index("set server web/web4 state drain"), commands
+    put_back = commands.index("set server web/web3 state ready")
+    drained = commands.index("set server web/web4 state drain")
+    assert put_back < drained, commands
     assert set(admin.servers) == {"web/web1", "web/web2", "web/web3"}
     assert env.reload_count() == 0
 

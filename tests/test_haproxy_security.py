@@ -44,11 +44,13 @@ def member_texts() -> set[str]:
 
 
 class Recorder:
-    """subprocess.Popen that records every call; every other way to start a program fails the test."""
+    """subprocess.Popen and os.posix_spawnp (serf_handlers/_spawn.py: `haproxy -c`, the reload
+    command) that record every call; every other way to start a program fails the test."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.calls: list[tuple[Any, dict[str, Any]]] = []
         real = subprocess.Popen
+        real_spawnp = os.posix_spawnp
         calls = self.calls
 
         class RecordingPopen(real):  # type: ignore[misc, valid-type]
@@ -56,8 +58,14 @@ class Recorder:
                 calls.append((args, kwargs))
                 super().__init__(args, *rest, **kwargs)
 
+        def recording_spawnp(path: Any, argv: Any, env: Any, **kwargs: Any) -> int:
+            assert path == argv[0], (path, argv)  # the program is the argv's own first word
+            calls.append((argv, {}))
+            return real_spawnp(path, argv, env, **kwargs)
+
         monkeypatch.setattr(subprocess, "Popen", RecordingPopen)
-        for name in ("system", "popen", "posix_spawn", "posix_spawnp", "spawnv", "spawnvp", "execv", "execvp"):
+        monkeypatch.setattr(os, "posix_spawnp", recording_spawnp)
+        for name in ("system", "popen", "posix_spawn", "spawnv", "spawnvp", "execv", "execvp"):
             if hasattr(os, name):
                 monkeypatch.setattr(os, name, _forbidden(name))
 

@@ -2,8 +2,15 @@
 # Load-balancer entrypoint: install the handler config, render a valid haproxy.cfg for
 # the current state (an empty backend on a fresh container), then hand over to
 # supervisord, which runs haproxy, the serf agent, the one-shot reconcile at start and
-# the periodic one (LB_RECONCILE_INTERVAL).
+# the periodic one (LB_RECONCILE_INTERVAL); or, with LB_MODE=watch, `serf-handle watch`.
 #
+#   LB_MODE               how the handlers get Serf's events:
+#                         handler (default): the agent starts `serf-handle` per event
+#                         (-event-handler), one at a time;
+#                         watch: one long-running `serf-handle watch` reads the agent's
+#                         RPC event stream (supervisord program `watch`), and the agent
+#                         runs no event handler. It reconciles on connect and every
+#                         LB_RECONCILE_INTERVAL seconds itself (0 means its default, 60).
 #   LB_PORT               port HAProxy listens on (default 80)
 #   LB_STATS_PORT         port of HAProxy's stats page (/stats) and Prometheus metrics
 #                         (/metrics, /metrics/serf-handlers); default 8404, "off": none
@@ -62,9 +69,29 @@ if [[ -n ${LB_TLS_CERTS:-} ]]; then
     esac
 fi
 
+# How events reach the handlers. The agent reads /etc/serf at every start: the event
+# handler's file is there in handler mode only, so a slow handler never delays the RPC
+# stream in watch mode (Serf feeds its scripts and its streams from one goroutine).
+LB_MODE=${LB_MODE:-handler}
+interval=${LB_RECONCILE_INTERVAL:-60}
+case $LB_MODE in
+    handler)
+        install -m 0644 /usr/local/share/serf-handlers/serf-handlers.json /etc/serf/20-serf-handlers.json ;;
+    watch)
+        rm -f /etc/serf/20-serf-handlers.json
+        [[ $interval =~ ^[0-9]{1,5}$ ]] && ((10#$interval <= 86400)) ||
+            die "LB_RECONCILE_INTERVAL must be whole seconds, at most 86400, got '$interval'" ;;
+    *) die "LB_MODE must be handler or watch, got '$LB_MODE'" ;;
+esac
+export LB_MODE
+
 if [[ $config == "$default_config" ]]; then
     tmp=$(mktemp /etc/serf-handlers/.config.yml.XXXXXX)
     text=$(sed "s/@LB_PORT@/$port/g" /usr/local/share/serf-handlers/config.yml.in)
+    if [[ $LB_MODE == watch ]] && ((10#$interval > 0)); then
+        # The watcher's own periodic reconcile (the image's reconcile loop then only renews certificates).
+        text+=$'\n'"reconcile_interval: $((10#$interval))s"
+    fi
     shopt -u patsub_replacement 2>/dev/null || true  # bash 5.2: no '&' magic in the replacement
     printf '%s\n' "${text//@LB_STATS_VARS@/$stats_vars}" >"$tmp"
     chmod 0600 "$tmp"  # it may hold the stats password; only root reads it

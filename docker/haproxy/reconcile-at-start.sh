@@ -5,6 +5,9 @@
 #   SERF_RECONCILE_WAIT  seconds to wait for peers before reconciling anyway (default 20)
 set -uo pipefail
 
+# LB_MODE=watch: `serf-handle watch` reconciles whenever it connects to the agent.
+[[ ${LB_MODE:-handler} == watch ]] && exit 0
+
 wait_max=${SERF_RECONCILE_WAIT:-20}
 [[ $wait_max =~ ^[0-9]+$ ]] || wait_max=20
 # shellcheck source=lb-wait.sh

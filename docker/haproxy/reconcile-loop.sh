@@ -18,6 +18,13 @@ if ((interval == 0)); then
     echo "reconcile-loop: periodic reconcile disabled (LB_RECONCILE_INTERVAL=0)"
     exit 0
 fi
+# LB_MODE=watch: `serf-handle watch` reconciles every reconcile_interval itself (the
+# entrypoint sets it from LB_RECONCILE_INTERVAL); this loop only renews certificates.
+reconcile=true
+if [[ ${LB_MODE:-handler} == watch ]]; then
+    [[ -n ${LB_TLS_CERTS:-} ]] || exit 0
+    reconcile=false
+fi
 
 sleeper=
 on_stop() {
@@ -37,7 +44,9 @@ while :; do
     sleeper=$!
     wait "$sleeper"
     sleeper=
-    serf-handle reconcile --config "$config" </dev/null
+    if $reconcile; then
+        serf-handle reconcile --config "$config" </dev/null
+    fi
     # Renewed certificates (a file replaced in LB_TLS_CERTS) go live through the runtime API.
     [[ -z ${LB_TLS_CERTS:-} ]] || serf-handle certs --config "$config" </dev/null >/dev/null
 done

@@ -4,7 +4,9 @@ The daemon, the base image and the images come from conftest.py's fixtures. Ever
 container and network gets a random suffix and is removed by a finalizer, even when a
 step fails. Test traffic goes to 127.0.0.1 only.
 
-The tests in this module are steps of one scenario and run in file order.
+The tests in this module are steps of one scenario and run in file order, once for each
+LB_MODE of the load balancer: `handler` (the agent runs `serf-handle` per event) and
+`watch` (one `serf-handle watch` on the agent's RPC stream).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ class Cluster:
     port: int
     encrypt_key: str
     rpc_auth: str
+    mode: str = "handler"  # the load balancer's LB_MODE
     lb: str = ""
     webs: dict[str, bool] = field(default_factory=dict)  # name -> running
     containers: list[str] = field(default_factory=list)
@@ -66,7 +69,7 @@ class Cluster:
         return {name for name, running in self.webs.items() if running}
 
     def start_lb(self) -> None:
-        self.lb = f"sh-test-lb-{SUFFIX}"
+        self.lb = f"sh-test-{self.mode}-lb-{SUFFIX}"
         self.containers.append(self.lb)
         run(
             "docker", "run", "-d", "--name", self.lb, "--hostname", self.lb,
@@ -77,11 +80,12 @@ class Cluster:
             "-e", f"SERF_ENCRYPT_KEY={self.encrypt_key}",
             "-e", f"SERF_RPC_AUTH={self.rpc_auth}",
             "-e", f"LB_RECONCILE_INTERVAL={RECONCILE_INTERVAL}",
+            "-e", f"LB_MODE={self.mode}",
             LB_IMAGE,
         )  # fmt: skip
 
     def start_web(self, n: int) -> str:
-        name = f"sh-test-web{n}-{SUFFIX}"
+        name = f"sh-test-{self.mode}-web{n}-{SUFFIX}"
         self.containers.append(name)
         run(
             "docker", "run", "-d", "--name", name, "--hostname", name,
@@ -115,14 +119,15 @@ class Cluster:
         return container_logs(self.containers)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["handler", "watch"])
 def cluster(images: None, request: pytest.FixtureRequest) -> Cluster:
-    network = f"sh-test-net-{SUFFIX}"
+    network = f"sh-test-{request.param}-net-{SUFFIX}"
     c = Cluster(
         network=network,
         port=free_port(),
         encrypt_key=base64.b64encode(os.urandom(32)).decode(),
         rpc_auth=secrets.token_urlsafe(16),
+        mode=request.param,
     )
 
     def remove_all() -> None:
@@ -143,6 +148,20 @@ def cluster(images: None, request: pytest.FixtureRequest) -> Cluster:
 
 def test_all_three_web_nodes_are_in_rotation(cluster: Cluster) -> None:
     wait_for_rotation(cluster.url, cluster.live_webs(), logs=cluster.logs, timeout=60)
+
+
+def test_the_load_balancer_gets_events_the_way_its_mode_says(cluster: Cluster) -> None:
+    info = json.loads(run("docker", "exec", cluster.lb, "serf", "info", "-format", "json").stdout)
+    watch = run("docker", "exec", cluster.lb, "supervisorctl", "status", "watch", check=False).stdout.split()
+    if cluster.mode == "handler":
+        assert list(info["event_handlers"].values()) == ['serf-handle --config "$SERF_HANDLERS_CONFIG"']
+        assert watch[1] == "EXITED", watch
+    else:
+        # No -event-handler: a slow script would delay the RPC stream (one goroutine feeds both).
+        assert info["event_handlers"] == {}
+        assert watch[1] == "RUNNING", watch
+        logs = run("docker", "logs", cluster.lb)
+        assert "watch: connected to the serf agent at 127.0.0.1:7373" in logs.stdout + logs.stderr
 
 
 def test_containers_become_healthy(cluster: Cluster) -> None:

@@ -2,7 +2,7 @@
 
 Only a candidate that `haproxy -c` accepted ever reaches the real path, by rename, so the
 installed config is never partial and never broken; a rejected candidate leaves the old
-file byte-identical. Every subprocess gets an argv list (no shell) and a timeout.
+file byte-identical. Every program gets an argv list (no shell) and a timeout (_spawn.run).
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import stat
 
+from ... import _spawn
 from ..._files import read_bytes, write_atomic
 from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
@@ -60,21 +61,19 @@ def install(path: str, text: str, check: bool, haproxy: str, backup: bool = Fals
 
 def validate(haproxy: str, path: str) -> None:
     """Run `haproxy -c -f path`; raise ValidationError with its alerts if it refuses."""
-    import subprocess
-
     argv = [haproxy, "-c", "-f", path]
     try:
-        done = subprocess.run(argv, capture_output=True, timeout=CHECK_TIMEOUT, check=False, stdin=subprocess.DEVNULL)
+        returncode, output = _spawn.run(argv, CHECK_TIMEOUT)
     except FileNotFoundError:
         raise CannotInstall(
             f"cannot validate the config: {haproxy!r} not found (set the handler's `haproxy` option)"
         ) from None
     except OSError as exc:
         raise CannotInstall(f"cannot validate the config: cannot run {haproxy!r}: {exc}") from None
-    except subprocess.TimeoutExpired:
+    except _spawn.Timeout:
         raise ValidationError(f"`haproxy -c` did not finish within {CHECK_TIMEOUT:g} s; config not installed") from None
-    if done.returncode != 0:
-        raise ValidationError(f"haproxy rejected the new config, old config kept: {_alerts(done.stdout + done.stderr)}")
+    if returncode != 0:
+        raise ValidationError(f"haproxy rejected the new config, old config kept: {_alerts(output)}")
 
 
 def _alerts(output: bytes) -> str:
@@ -85,18 +84,14 @@ def _alerts(output: bytes) -> str:
 
 def reload(argv: Sequence[str]) -> None:
     """Run the operator's reload command; raise HandlerError when it fails."""
-    import subprocess
-
     try:
-        done = subprocess.run(
-            list(argv), capture_output=True, timeout=RELOAD_TIMEOUT, check=False, stdin=subprocess.DEVNULL
-        )
+        returncode, output = _spawn.run(argv, RELOAD_TIMEOUT)
     except FileNotFoundError:
         raise HandlerError(f"reload command {argv[0]!r} not found") from None
-    except subprocess.TimeoutExpired:
+    except _spawn.Timeout:
         raise HandlerError(f"reload command {list(argv)} did not finish within {RELOAD_TIMEOUT:g} s") from None
     except OSError as exc:
         raise HandlerError(f"reload command {list(argv)} could not run: {exc}") from None
-    if done.returncode != 0:
-        output = (done.stdout + done.stderr).decode("utf-8", "replace").strip() or "(no output)"
-        raise HandlerError(f"reload command {list(argv)} exited {done.returncode}: {output}")
+    if returncode != 0:
+        text = output.decode("utf-8", "replace").strip() or "(no output)"
+        raise HandlerError(f"reload command {list(argv)} exited {returncode}: {text}")
