@@ -513,3 +513,56 @@ def test_status_render_and_diff(sd: SD) -> None:
     assert status.returncode == 1 and "not written yet" in status.stdout.decode()
     sd.ok("member-join", member_line("web3", "10.0.0.3"))
     assert set(sd.targets()) == {"web1", "web2", "web3"}
+
+
+# --- kill -9 anywhere ------------------------------------------------------------------------------
+
+
+def test_kill_9_at_random_points_leaves_a_whole_file_and_reconcile_gives_the_clean_result(tmp_path: Path) -> None:
+    """40 runs, each killed (SIGKILL) at a random moment within its typical duration or let
+    finish: after each, the destination is a complete JSON list Prometheus can read and the
+    record loads; no temporary file matches `*.json`; one reconcile then writes exactly what
+    a clean run writes."""
+    import os
+    import random
+    import signal
+    import time
+
+    site = SD(tmp_path / "sd")
+    pool = [(f"web{i}", f"10.0.0.{i}") for i in range(1, 7)]
+    started = time.monotonic()
+    site.ok("member-join", member_line(*pool[0]))
+    typical = time.monotonic() - started
+    rng = random.Random(18)
+    model: set[str] = {pool[0][0]}
+    killed = 0
+    for _ in range(40):
+        name, addr = rng.choice(pool)
+        kind = "member-leave" if name in model else "member-join"
+        env = {**clean_environ(), "SERF_EVENT": kind, "SERF_SELF_NAME": "prom",
+               "SERF_HANDLERS_CACHE_DIR": str(site.dir / "cache")}
+        run = subprocess.Popen([SERF_HANDLE, "--config", str(site.yml)], stdin=subprocess.PIPE,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, start_new_session=True)
+        assert run.stdin is not None
+        run.stdin.write(member_line(name, addr))
+        run.stdin.close()
+        try:
+            run.wait(timeout=rng.uniform(0, typical * 1.2))
+        except subprocess.TimeoutExpired:
+            os.killpg(run.pid, signal.SIGKILL)
+            run.wait(timeout=10)
+            killed += 1
+        if run.returncode == 0:
+            model ^= {name}
+        assert isinstance(json.loads(site.dest.read_bytes()), list)  # whole, never half-written
+        json.loads(site.state.read_bytes())
+        assert not [p for p in site.targets_dir.iterdir() if fnmatch.fnmatch(p.name, "*.json") and p != site.dest]
+    assert killed >= 5, killed  # the test really killed runs mid-way
+    clean = SD(tmp_path / "clean")
+    chosen = [(n, a) for n, a in pool if rng.random() < 0.5] or pool[:1]
+    alive = [(n, a, "alive", {"role": "web"}) for n, a in chosen]
+    for s in (site, clean):
+        s.fake_serf(alive)
+        s.ok(None, args=("reconcile",))
+    assert site.dest.read_bytes() == clean.dest.read_bytes()
+    assert site.leftovers() == []
