@@ -25,13 +25,16 @@ $(VENV)/.installed: setup.cfg pyproject.toml serf_handlers/serf-handle
 
 venv: $(VENV)/.installed
 
+# Unit tests on 4 workers (they mostly wait on subprocesses); the integration and Docker tests
+# one at a time, as they judge real processes' timing.
 test: deps venv
 	$(PY) -m mypy
 	$(PY) -m ruff check .
-	$(PY) -m pytest -ra
+	$(PY) -m pytest -ra -n 4 -m 'not integration and not docker'
+	$(PY) -m pytest -ra --durations=15 -m 'integration or docker'
 
 unit: venv
-	$(PY) -m pytest -ra -m 'not integration and not docker'
+	$(PY) -m pytest -ra -n 4 -m 'not integration and not docker'
 
 demo: deps venv
 	$(PY) -m demo
