@@ -144,6 +144,9 @@ def haproxy_demo(procs: Processes) -> None:
     wait_until(lambda: bodies(lb, 12) == {"hello from web1", "hello from web2", "hello from web3"},
                timeout=20, what="all three in rotation")
     show_rotation(lb)
+    # The same run applies the handlers in turn: HAProxy's servers first, then these files.
+    wait_until(lambda: targets.exists() and hosts.exists() and all(f"web{i}" in targets.read_text() for i in (1, 2, 3))
+               and all(f"web{i}" in hosts.read_text() for i in (1, 2, 3)), timeout=20, what="the kept files")
     show_file("the template handler's hosts file", hosts)
     show_file("the file_sd handler's Prometheus targets", targets)
 
