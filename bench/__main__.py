@@ -11,7 +11,8 @@ drain, tls, agents and replay, the Markdown in report.py).
 Sections: 1 per-event cost, 2 scale, 3 churn under load, 4 convergence, 5 drain under load,
 6 TLS termination (HTTPS against plain HTTP, certificate renewal under load), 7 real serf
 agents (50, 100, 200 web nodes), 8 replayed events of 200 to 5,000 members against a real
-HAProxy, 10 nginx as the load balancer (churn under wrk, per-event cost beside HAProxy's;
+HAProxy, 10 nginx as the load balancer (churn under wrk, per-event cost beside HAProxy's),
+11 per event or `serf-handle watch` (delivery to HAProxy, a drain-query storm, CPU;
 9, the Docker images, is `make bench-docker`). `--small` runs 7 and 8 at sizes a shared
 machine can take while others work on it (agents 10 and 20, members 100 and 500), and
 writes nothing.
@@ -34,7 +35,7 @@ from pathlib import Path
 
 from support.processes import require
 
-from . import agents, churn, convergence, drain, nginx_lb, per_event, replay, scale, tls
+from . import agents, churn, convergence, drain, nginx_lb, per_event, replay, scale, tls, watch_mode
 from .procs import REPO, make_install, open_to_all, tempdir
 from .report import (
     DOC,
@@ -51,15 +52,16 @@ from .report import (
     update_doc,
 )
 
-SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "8", "10")
+SECTIONS = ("1", "2", "3", "4", "5", "6", "7", "8", "10", "11")
 TITLES["10"] = nginx_lb.TITLE  # the same dict update_doc reads
+TITLES["11"] = watch_mode.TITLE
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--only", action="append", default=None, metavar="N[,N]",
                         help="run only these sections (1 per-event, 2 scale, 3 churn, 4 convergence, 5 drain, 6 TLS, "
-                        "7 real agents, 8 replay, 10 nginx LB)")
+                        "7 real agents, 8 replay, 10 nginx LB, 11 per event or watch)")
     parser.add_argument("--quick", action="store_true", help="a fast smoke run; prints, does not write BENCHMARKS.md")
     parser.add_argument("--small", action="store_true",
                         help="sections 7 and 8 at small sizes (agents 10, 20; members 100, 500); writes nothing")
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
             "10": lambda d: nginx_lb.format_nginx(nginx_lb.run(venv_bin, d, runs=1 if args.quick else nginx_lb.RUNS,
                                                                duration=8 if args.quick else nginx_lb.DURATION,
                                                                rounds=8 if args.quick else nginx_lb.ROUNDS)),
+            "11": lambda d: watch_mode.format_watch(watch_mode.run(venv_bin, d,
+                                                                   changes=10 if args.quick else watch_mode.CHANGES)),
         }
         for section in only:
             started = time.monotonic()
