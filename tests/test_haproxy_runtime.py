@@ -15,6 +15,7 @@ from typing import TextIO
 import pytest
 
 from serf_handlers import _log
+from serf_handlers.dispatch import Drift
 from serf_handlers.errors import ConfigError
 from serf_handlers.events import Member
 from serf_handlers.handlers.haproxy import _runtime, _state
@@ -232,6 +233,9 @@ def test_servers_put_back_are_added_before_the_leaving_one_drains(live: tuple[En
     drained = commands.index("set server web/web4 state drain")
     assert put_back < drained, commands
     assert set(admin.servers) == {"web/web1", "web/web2", "web/web3"}
+    state = _state.load(str(env.state))  # the state says what HAProxy has: kept failed ones applied
+    assert set(state.servers) == {"web1", "web2", "web3"} and state.applied == state.servers
+    assert not isinstance(env.handler.status(), Drift)  # `serf-handle status` would exit 0
     assert env.reload_count() == 0
 
 

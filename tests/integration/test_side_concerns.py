@@ -156,6 +156,8 @@ def test_what_cannot_be_installed_still_changes_haproxy_live(procs: Processes) -
                 run = next_run(lb, after, event)
                 assert run.code == 1 and breakage.words in run.stderr[-1], (breakage.name, run)
                 assert "runtime API" in run.stderr[-1], (breakage.name, run)
+                # The state file says what HAProxy really has: the members, all applied.
+                assert lb.servers() == serving and lb.applied() == serving, (breakage.name, lb.state_data())
             assert lb.config.read_bytes() == installed, breakage.name  # never a config HAProxy would refuse
             code, text = status(lb)
             assert code == 1 and "config file behind: not installed" in text and breakage.words in text, text
@@ -168,6 +170,8 @@ def test_what_cannot_be_installed_still_changes_haproxy_live(procs: Processes) -
             assert next_run(lb, after, "member-join").code == 0, breakage.name
             assert {line.split()[1] for line in lb.server_lines()} == serving, (breakage.name, lb.server_lines())
             assert status(lb)[0] == 0, breakage.name
+            assert set(live(lb)) == lb.servers() == lb.applied() == serving, breakage.name
+            assert "behind" not in (lb.state_data() or {}), breakage.name
         time.sleep(0.5)
     print(f"cannot install: joins and leaves live {', '.join(f'{t:.2f}' for t in timings)} s after Serf started "
           f"each run; {len(load.failures)} of {load.requests} requests failed; reloads {lb.reload_count() - reloads}")
