@@ -139,15 +139,20 @@ def expiry_gauge(certs: list[Cert]) -> None:
     _metrics.family(name, {_metrics.labels(file=cert.path): cert.not_after for cert in certs})
 
 
+def summary(directory: str, certs: list[Cert]) -> str:
+    """One line: how many certificates, and the first to expire (`check` and `status`)."""
+    first = min(certs, key=lambda c: c.not_after)
+    return (f"tls: {len(certs)} certificate(s) in {directory}, the first to expire: {first.path}, "
+            f"{time.strftime('%Y-%m-%d', time.gmtime(first.not_after))}")
+
+
 def status(directory: str, default: str | None = None) -> tuple[str, bool]:
     """`serf-handle status`'s TLS lines, and whether HAProxy would refuse a file."""
     try:
         certs = check(directory, default)
     except CertError as exc:
         return f"tls: refused, the config file cannot be installed: {exc}\n", True
-    first = min(certs, key=lambda c: c.not_after)
-    lines = [f"tls: {len(certs)} certificate(s) in {directory}; the first to expire: {first.path}, "
-             f"{time.strftime('%Y-%m-%d', time.gmtime(first.not_after))}"]
+    lines = [summary(directory, certs)]
     lines.extend(f"tls warning: {notice}" for notice in expiry_notices(certs))
     return "\n".join(lines) + "\n", False
 

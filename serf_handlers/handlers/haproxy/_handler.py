@@ -138,15 +138,10 @@ class HAProxyHandler:
         directory = self.options.vars.get("tls_certs")
         if not directory:
             return [], []
-        import time
-
-        from ._certs import check, expiry_notices
+        from ._certs import check, expiry_notices, summary
 
         certs = check(directory, self.options.vars.get("tls_default_cert"))
-        first = min(certs, key=lambda c: c.not_after)
-        line = (f"tls: {len(certs)} certificate(s) in {directory}, the first to expire: {first.path}, "
-                f"{time.strftime('%Y-%m-%d', time.gmtime(first.not_after))}")
-        return [line], [f"renew the certificate: {notice}" for notice in expiry_notices(certs)]
+        return [summary(directory, certs)], [f"renew the certificate: {notice}" for notice in expiry_notices(certs)]
 
     def refresh_certificates(self) -> list[str] | None:
         """`serf-handle certs`: make HAProxy serve the certificate files as they are now."""
