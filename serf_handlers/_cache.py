@@ -19,7 +19,8 @@ group/other-writable. The entry is opened relative to the checked directory's fd
 the directory cannot be swapped in between. Anything untrusted or failing is skipped
 (a debug record at most): the cache only ever costs or saves speed.
 
-Cheap on purpose: only os, stat (imported by os already) and marshal; no pwd lookups.
+Cheap on purpose: only os, stat (imported by os already) and marshal; no pwd lookups. A
+miss writes the entry through the package's one atomic writer (`_files.write_atomic`).
 """
 
 from __future__ import annotations
@@ -42,7 +43,6 @@ _LOOSE = stat.S_IWGRP | stat.S_IWOTH
 _OPEN_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 # O_NONBLOCK: a FIFO in place of the entry must not hang the run (it is refused below).
 _OPEN_ENTRY = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
-_CREATE_ENTRY = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 def cache_dir(env: Mapping[str, str]) -> str | None:
@@ -110,26 +110,17 @@ def write(directory: str, path: str, source: bytes, data: object) -> None:
     dir_fd = _open_dir(directory)
     if dir_fd is None:
         return
-    entry = _entry(path)
-    tmp = f"{entry}.{os.getpid()}.tmp"
+    os.close(dir_fd)
+    # Only a miss writes (the config changed), so the writer's import and its fsyncs are off
+    # the usual per-event path. The path is used after the check: a directory swapped in
+    # between gets a 0600 file of ours, and a reader still trusts only an entry it checks.
+    from ._files import write_atomic
+
     try:
-        try:
-            os.unlink(tmp, dir_fd=dir_fd)  # left by a crashed run with our pid
-        except FileNotFoundError:
-            pass
-        fd = os.open(tmp, _CREATE_ENTRY, 0o600, dir_fd=dir_fd)
-        try:
-            with os.fdopen(fd, "wb") as file:
-                file.write(blob)
-            os.replace(tmp, entry, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-        except OSError:
-            os.unlink(tmp, dir_fd=dir_fd)
-            raise
+        write_atomic(os.path.join(directory, _entry(path)), blob, 0o600)
     except OSError as exc:
         # A full disk or read-only directory only costs speed, never correctness.
         _log.debug(f"config cache not written: {exc}", cache=directory)
-    finally:
-        os.close(dir_fd)
 
 
 def _entry(path: str) -> str:

@@ -20,9 +20,9 @@ import pytest
 from serf_handlers.handlers.file_sd._handler import label_name
 from support.processes import SERF_HANDLE
 from support.site import clean_environ, member_line, stderr_lines
+from tests.helpers import the_error
 
 HANDLER = "file_sd (handlers[0])"
-RECORD = re.compile(r"^\d{4}-\d\d-\d\dT\S+ (INFO|WARNING|ERROR) ")
 LABEL = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")  # Prometheus' legacy label name charset
 
 
@@ -97,17 +97,6 @@ class SD:
 
 def group(addr_port: str, **labels: str) -> dict[str, Any]:
     return {"labels": labels, "targets": [addr_port]}
-
-
-def the_error(done: subprocess.CompletedProcess[bytes]) -> str:
-    """Exit 1: one-line records, the last line the summary; returns the handler's ERROR record."""
-    lines = stderr_lines(done)
-    assert done.returncode == 1, lines
-    assert b"Traceback" not in done.stderr
-    assert lines[-1].startswith(f"serf-handle: error: handler {HANDLER} failed: "), lines
-    assert all(RECORD.match(line) for line in lines[:-1]), lines
-    (failed,) = [line for line in lines if f" ERROR handler {HANDLER} failed: " in line]
-    return failed
 
 
 @pytest.fixture
@@ -279,9 +268,9 @@ def test_a_failed_member_never_seen_alive_is_not_added(sd: SD) -> None:
 def test_a_member_with_an_invalid_port_tag_is_skipped_by_name_and_the_others_apply(sd: SD, port: str) -> None:
     done = sd.run("member-join", member_line("web1", "10.0.0.1") + member_line("bad", "10.0.0.66", metrics_port=port)
                   + member_line("web2", "10.0.0.2", metrics_port="9200"))
-    error = the_error(done)
+    error = the_error(done, HANDLER)
     assert "1 member(s) skipped: member 'bad': tag " in error and "metrics_port" in error
-    skipped = [line for line in stderr_lines(done) if " ERROR " in line and "member skipped: member 'bad'" in line]
+    skipped = [line for line in stderr_lines(done) if f" ERROR file_sd {sd.dest}: member skipped: member 'bad'" in line]
     assert len(skipped) == 1, stderr_lines(done)  # one record for the member, then the handler's failure
     assert sd.targets() == {"web1": "10.0.0.1:9100", "web2": "10.0.0.2:9200"}
     assert "bad" not in sd.kept()
@@ -290,7 +279,7 @@ def test_a_member_with_an_invalid_port_tag_is_skipped_by_name_and_the_others_app
 def test_an_invalid_port_in_an_update_keeps_the_members_old_form(sd: SD) -> None:
     sd.ok("member-join", member_line("web1", "10.0.0.1", metrics_port="9101"))
     done = sd.run("member-update", member_line("web1", "10.0.0.1", metrics_port="nine"))
-    assert "member 'web1': tag metrics_port='nine': expected a port number, 1-65535" in the_error(done)
+    assert "member 'web1': tag metrics_port='nine': expected a port number, 1-65535" in the_error(done, HANDLER)
     assert sd.targets() == {"web1": "10.0.0.1:9101"}
 
 
@@ -331,7 +320,7 @@ def test_hostile_names_and_tags_are_refused_by_name(sd: SD, tmp_path: Path) -> N
             for i, tags in enumerate(HOSTILE_TAGS)]
     done = sd.run("member-join", b"".join([good[0], *bad, good[1]]))
 
-    error = the_error(done)
+    error = the_error(done, HANDLER)
     assert f"{len(bad)} member(s) skipped: " in error
     for i in range(len(HOSTILE_TAGS)):
         assert f"member 'tagged{i}': tag " in error
@@ -389,7 +378,7 @@ def test_without_a_state_file_an_event_leaves_a_file_with_targets_and_reconcile_
 
     done = sd.run("member-join", member_line("web3", "10.0.0.3"))
 
-    error = the_error(done)
+    error = the_error(done, HANDLER)
     assert f"{sd.state}: no state file while {sd.dest} exists; run `serf-handle reconcile`" in error
     assert sd.snapshot() == before and not sd.state.exists()  # web1 and web2 are not dropped
 

@@ -28,12 +28,12 @@ import pytest
 from serf_handlers.pipeline import _record
 from support.processes import SERF_HANDLE
 from support.site import clean_environ, member_line, record_reload_argv, reload_lines, sha, stderr_lines
+from tests.helpers import the_error
 
 NGINX = shutil.which("nginx")
 pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
 
 HANDLER = "nginx (handlers[0])"
-RECORD = re.compile(r"^\d{4}-\d\d-\d\dT\S+ (INFO|WARNING|ERROR) ")
 LISTEN = "127.0.0.1:18089"  # nothing listens: `nginx -t` does not bind
 
 # --- reading the nginx.conf the built-in template writes ---------------------------------
@@ -183,17 +183,6 @@ def nginx_t(path: Path) -> tuple[bool, str]:
 def accepted(site: Ngx) -> None:
     ok, said = nginx_t(site.conf)
     assert ok, said
-
-
-def the_error(done: subprocess.CompletedProcess[bytes]) -> str:
-    """Exit 1: one-line records, the last line the summary; returns the handler's ERROR record."""
-    lines = stderr_lines(done)
-    assert done.returncode == 1, lines
-    assert b"Traceback" not in done.stderr
-    assert lines[-1].startswith(f"serf-handle: error: handler {HANDLER} failed: "), lines
-    assert all(RECORD.match(line) for line in lines[:-1]), lines
-    (failed,) = [line for line in lines if f" ERROR handler {HANDLER} failed: " in line]
-    return failed
 
 
 @pytest.fixture
@@ -391,9 +380,9 @@ def test_hostile_members_are_skipped_by_name_and_the_others_applied(ngx: Ngx, tm
             for i, tags in enumerate(HOSTILE_TAGS)]
     done = ngx.run("member-join", b"".join([good[0], *bad, good[1], good[2]]))
 
-    error = the_error(done)
+    error = the_error(done, HANDLER)
     assert f"{len(bad)} member(s) skipped: " in error
-    skipped = [line for line in stderr_lines(done) if " ERROR member skipped: member " in line]
+    skipped = [line for line in stderr_lines(done) if f" ERROR nginx {ngx.conf}: member skipped: member " in line]
     assert len(skipped) == len(bad), skipped  # one record per member
     for i, tags in enumerate(HOSTILE_TAGS):
         (line,) = [s for s in skipped if f"member 'tagged{i}': tag " in s]
@@ -414,7 +403,7 @@ def test_a_bad_tag_in_an_update_keeps_the_members_old_form(ngx: Ngx) -> None:
     before = ngx.snapshot()
     for tags in ({"port": "80;"}, {"weight": "1000"}, {"backend": "a..b"}, {"state": "gone"}):
         done = ngx.run("member-update", member_line("web1", "10.0.0.1", **tags))
-        error = the_error(done)
+        error = the_error(done, HANDLER)
         assert "member 'web1': tag " in error and names_tag(error, next(iter(tags))), error
     assert ngx.snapshot() == before and ngx.reload_count() == 1
     assert ngx.upstreams() == {"web": [up("web1", "10.0.0.1:8081", 2)]}
@@ -432,7 +421,7 @@ def test_a_candidate_nginx_refuses_leaves_the_config_byte_identical(ngx: Ngx, tm
 
     done = ngx.run("member-join", member_line("web2", "10.0.0.2"))
 
-    error = the_error(done)
+    error = the_error(done, HANDLER)
     lines = stderr_lines(done)
     assert len(lines) == 2, lines  # the ERROR record and the summary: one line each
     assert "check command [" in error and "'-t', '-q', '-c'" in error and "exited 1" in error
@@ -513,7 +502,7 @@ def test_a_failed_reload_is_remembered_and_retried_by_the_next_run(ngx: Ngx, tmp
 
     done = ngx.run("member-join", member_line("web2", "10.0.0.2"))
 
-    error = the_error(done)
+    error = the_error(done, HANDLER)
     assert "reload command ['sh', '-c'" in error and "exited 1: nginx is not running" in error
     accepted(ngx)
     assert [s.node for s in ngx.upstreams()["web"]] == ["web1", "web2"]  # installed, not known to be loaded
@@ -537,8 +526,9 @@ def test_a_run_failing_for_another_reason_still_names_the_members_it_skipped(ngx
     down.touch()
     ngx.write_yml(reload=["sh", "-c", FLAKY, "reload", str(ngx.reloads), str(down)])
     done = ngx.run("member-join", member_line("web1", "10.0.0.1") + member_line("bad", "10.0.0.66", port="80;"))
-    assert "exited 1: nginx is not running" in the_error(done)
-    skipped = [line for line in stderr_lines(done) if " ERROR member skipped: member 'bad': tag " in line]
+    assert "exited 1: nginx is not running" in the_error(done, HANDLER)
+    said = f" ERROR nginx {ngx.conf}: member skipped: member 'bad': tag "
+    skipped = [line for line in stderr_lines(done) if said in line]
     assert len(skipped) == 1, stderr_lines(done)
     assert ngx.upstreams() == {"web": [up("web1", "10.0.0.1:80")]}
 
@@ -554,7 +544,7 @@ def test_the_default_check_and_reload_are_the_nginx_binary(ngx: Ngx, tmp_path: P
 
     done = ngx.run("member-join", member_line("web1", "10.0.0.1"))
 
-    error = the_error(done)
+    error = the_error(done, HANDLER)
     assert f"reload command ['{wrapper}', '-c', '{ngx.conf}', '-s', 'reload'] exited 1" in error
     assert str(ngx.pid) in error  # nginx: no (valid) PID in the pid file
     check, reload = calls.read_text().splitlines()
@@ -639,7 +629,8 @@ def test_without_a_state_file_events_wait_for_reconcile(ngx: Ngx) -> None:
     ngx.state.unlink()
     before = ngx.snapshot()
     done = ngx.run("member-join", member_line("web3", "10.0.0.3"))
-    assert f"{ngx.state}: no state file while {ngx.conf} exists; run `serf-handle reconcile`" in the_error(done)
+    error = the_error(done, HANDLER)
+    assert f"{ngx.state}: no state file while {ngx.conf} exists; run `serf-handle reconcile`" in error
     assert ngx.snapshot() == before  # web1 and web2 are not dropped
 
     ngx.fake_serf([(f"web{i}", f"10.0.0.{i}", "alive", {"role": "web"}) for i in (1, 2, 3)])

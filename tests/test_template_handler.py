@@ -41,6 +41,7 @@ from serf_handlers.pipeline import _record
 from serf_handlers.pipeline._plan import PENDING
 from support.processes import SERF_HANDLE
 from support.site import clean_environ, member_line, stderr_lines
+from tests.helpers import the_error
 
 # Every member line: name, address:port, the tags but role and port, role, status.
 TEMPLATE = """\
@@ -61,8 +62,7 @@ RELOAD_SCRIPT = (
     'if test -e "$3"; then echo "service down" >&2; exit 1; fi; '
     'sha256sum < "$2" | cut -d " " -f 1 >> "$1"'
 )
-HANDLER_FAILED = "serf-handle: error: handler template (handlers[0]) failed: "
-RECORD = re.compile(r"^\d{4}-\d\d-\d\dT\S+ (INFO|WARNING|ERROR) ")
+HANDLER = "template (handlers[0])"
 WEB1 = member_line("web1", "10.0.0.1", port="80")
 WEB2 = member_line("web2", "10.0.0.2", port="81")
 NEW = member_line("web9", "10.0.0.9", port="89")  # a valid change, so every bad case has something to lose
@@ -178,21 +178,6 @@ class TemplateSite:
 
     def temp_files(self) -> list[str]:
         return sorted(p.name for p in self.dir.iterdir() if p.name.endswith(".tmp"))
-
-
-def the_error_line(done: subprocess.CompletedProcess[bytes], code: int) -> str:
-    """Exit 2: stderr is exactly one `serf-handle: error:` line. Exit 1: one-line records,
-    then the one summary line naming the failed handler (returned)."""
-    lines = stderr_lines(done)
-    assert done.returncode == code, lines
-    assert b"Traceback" not in done.stderr
-    if code == 2:
-        assert len(lines) == 1 and lines[0].startswith("serf-handle: error: "), lines
-        return lines[0]
-    assert lines[-1].startswith(HANDLER_FAILED), lines
-    assert all(RECORD.match(line) for line in lines[:-1]), lines  # every record is one line
-    assert len([line for line in lines if line.startswith("serf-handle: error:")]) == 1, lines
-    return lines[-1]
 
 
 def tags(port: str, role: str = "web", **more: str) -> dict[str, str]:
@@ -419,7 +404,7 @@ def test_bad_input_changes_nothing_and_says_what(baseline: Path, tmp_path: Path,
     file_before, state_before = site.dest.read_bytes(), site.state.read_bytes()
     reloads_before, installed_before = site.reload_hashes(), _record.load(str(baseline / "hosts.state.json"))
 
-    detail = the_error_line(site.run("member-join", how.get("stdin", NEW)), how["exit"])
+    detail = the_error(site.run("member-join", how.get("stdin", NEW)), HANDLER, how["exit"])
     for part in how["says"]:
         assert fill(part, places) in detail, (part, detail)
 
@@ -473,7 +458,7 @@ def test_hostile_members_are_skipped_and_named_and_the_others_applied(baseline: 
     stdin = b"".join(member_line(n, f"10.0.2.{i}", **t) for i, (n, t) in enumerate(hostile, 1))
     stdin += member_line("web3", "10.0.0.3", port="83") + member_line("web4", "10.0.0.4", port="84", dc="a-1")
 
-    detail = the_error_line(site.run("member-join", stdin), 1)
+    detail = the_error(site.run("member-join", stdin), HANDLER)
 
     assert f"{len(hostile)} member(s) skipped: " in detail
     for name, _ in hostile:
@@ -496,7 +481,7 @@ def test_a_failed_reload_is_remembered_and_retried_though_the_file_is_current(tm
     assert len(site.reload_hashes()) == 1
 
     site.down.touch()  # the service is down: its reload fails
-    detail = the_error_line(site.run("member-join", WEB2), 1)
+    detail = the_error(site.run("member-join", WEB2), HANDLER)
     assert "reload command ['sh', '-c', " in detail and "exited 1: service down" in detail
     assert "web2" in site.dest.read_text()  # installed; the reload is what failed
     status = site.run(None, args=["status"])
@@ -505,7 +490,7 @@ def test_a_failed_reload_is_remembered_and_retried_though_the_file_is_current(tm
     assert "service down (the next run retries it)" in status.stdout.decode()
 
     # The same event again (Serf may redeliver it): the file is current, the reload still owed.
-    detail = the_error_line(site.run("member-join", WEB2), 1)
+    detail = the_error(site.run("member-join", WEB2), HANDLER)
     assert "service down" in detail
     assert len(site.reload_hashes()) == 1
 
@@ -601,7 +586,7 @@ def test_an_unknown_owner_fails_naming_it_and_installs_nothing(tmp_path: Path) -
     site.ok("member-join", WEB1)
     before = site.dest.read_bytes()
     site.write_yml(owner="no-such-user-xyz")
-    detail = the_error_line(site.run("member-join", WEB2), 1)
+    detail = the_error(site.run("member-join", WEB2), HANDLER)
     assert "'no-such-user-xyz'" in detail and "owner" in detail
     assert site.dest.read_bytes() == before and len(site.reload_hashes()) == 1
     assert site.record().reload_pending is None  # nothing was installed, so nothing is owed
@@ -653,7 +638,7 @@ def test_render_diff_write_and_status(tmp_path: Path) -> None:
 
     site.write_template(TEMPLATE.replace("{{ vars.domain }}", "{{ nosuch }}"))
     done = site.run(None, args=["render", "--diff"])
-    assert done.returncode == 2 and "'nosuch' is undefined" in the_error_line(done, 2)  # diff(1): 2 is trouble
+    assert done.returncode == 2 and "'nosuch' is undefined" in the_error(done, HANDLER, 2)  # diff(1): 2 is trouble
     done = site.run(None, args=["render"])
     assert done.returncode == 1 and b"'nosuch' is undefined" in done.stderr
     assert site.dest.read_text() == installed
@@ -681,7 +666,7 @@ def test_check_renders_a_candidate_and_installs_nothing(tmp_path: Path) -> None:
 def test_a_missing_destination_directory_is_one_error_line(tmp_path: Path) -> None:
     site = TemplateSite(tmp_path)
     site.write_yml(destination=str(tmp_path / "nodir" / "hosts"))
-    detail = the_error_line(site.run("member-join", WEB1), 1)
+    detail = the_error(site.run("member-join", WEB1), HANDLER)
     assert f"cannot write {tmp_path}/nodir/hosts: No such file or directory" in detail
     done = site.run(None, args=["check"])
     assert done.returncode == 1 and b"Traceback" not in done.stderr
@@ -758,7 +743,7 @@ def test_with_no_state_file_an_event_refuses_and_reconcile_rebuilds(tmp_path: Pa
     installed = site.dest.read_bytes()
     site.state.unlink()  # lost (a new container with the old /etc, say)
 
-    detail = the_error_line(site.run("member-join", member_line("web3", "10.0.0.3", port="83")), 1)
+    detail = the_error(site.run("member-join", member_line("web3", "10.0.0.3", port="83")), HANDLER)
     assert f"{site.state}: no state file while {site.dest} exists; run `serf-handle reconcile`" in detail
     assert site.dest.read_bytes() == installed and not site.state.exists()
     status = site.run(None, args=["status"])
@@ -910,7 +895,7 @@ def test_a_single_file_bind_mount_is_written_in_place(tmp_path: Path) -> None:
         assert site.reload_hashes()[-1] == sha(expected.encode())
 
         # Still checked before it is written: a refused candidate changes nothing.
-        detail = the_error_line(site.run("member-join", member_line("web9", "10.0.0.9", note="REFUSE")), 1)
+        detail = the_error(site.run("member-join", member_line("web9", "10.0.0.9", note="REFUSE")), HANDLER)
         assert "REFUSE in the candidate" in detail
         assert outside.read_text() == expected and site.temp_files() == []
     finally:

@@ -71,9 +71,9 @@ class KeptFile:
             try:
                 self._converge(old, old._replace(members=members, node=node))
             except HandlerError:
-                _log_refused(refused)  # a run failing for another reason still names whom it skipped
+                _log_refused(self.name, refused)  # a run failing for another reason still names whom it skipped
                 raise
-        _raise_refused(refused)
+        _raise_refused(self.name, refused)
 
     def _holds_members(self, installed: bytes | None) -> bool:
         """Whether the file may hold members an event would drop: not when it is missing,
@@ -96,9 +96,9 @@ class KeptFile:
             try:
                 self._converge(old, old._replace(members=members))
             except HandlerError:
-                _log_refused(refused)
+                _log_refused(self.name, refused)
                 raise
-        _raise_refused(refused)
+        _raise_refused(self.name, refused)
 
     def _converge(self, old: _record.Record, new: _record.Record) -> None:
         try:
@@ -196,12 +196,12 @@ class KeptFile:
         return [f"renders {len(text.encode('utf-8'))} bytes for {self.target.destination}; the check accepts it"]
 
 
-def _log_refused(refused: list[str]) -> None:
+def _log_refused(name: str, refused: list[str]) -> None:
     for why in refused:
-        _log.error(f"member skipped: {why}")
+        _log.error(f"{name}: member skipped: {why}")
 
 
-def _raise_refused(refused: list[str]) -> None:
+def _raise_refused(name: str, refused: list[str]) -> None:
     if refused:
-        _log_refused(refused)
+        _log_refused(name, refused)
         raise HandlerError(f"{len(refused)} member(s) skipped: {'; '.join(refused)}")
