@@ -25,10 +25,19 @@ if TYPE_CHECKING:
     from typing import IO, Any, TypeVar
 
     from .events import Event, Member
-    from .protocols import CertificateKeeper, ConfigRenderer, Handler, Reconciler, SelfChecker, StatusReporter
+    from .protocols import (
+        CertificateKeeper,
+        ConfigRenderer,
+        Handler,
+        Reconciler,
+        ReloadSharer,
+        SelfChecker,
+        StatusReporter,
+    )
     from .protocols import Reply as Reply
 
     H = TypeVar("H", bound=Callable[..., Reply])
+    R = TypeVar("R")
 
 # Serf drops a query reply whose response message is over query_response_size_limit
 # (1024 bytes by default). The message is the reply, the responding node's name and a
@@ -67,6 +76,7 @@ class Capabilities(NamedTuple):
     checker: SelfChecker | None = None  # the handler, if it has self_check()
     certificates: CertificateKeeper | None = None  # the handler, if it has refresh_certificates()
     cluster_query: str | None = None  # the query it answers for cluster-check (ClusterView)
+    reload_sharer: ReloadSharer | None = None  # the handler, if it has sharing_reloads(owed)
 
 
 def takes_role(handler: object) -> bool:
@@ -104,7 +114,7 @@ def capabilities(handler: object) -> Capabilities:
         raise ConfigError(f"cluster_query: expected a query name, got {query!r}")
     return Capabilities(
         offered("reconcile"), offered("status"), offered("render"), events, own_role, role,
-        offered("self_check"), offered("refresh_certificates"), query,
+        offered("self_check"), offered("refresh_certificates"), query, offered("sharing_reloads"),
     )
 
 
@@ -138,6 +148,43 @@ class Outcome(NamedTuple):
     def summary(self) -> str:
         """What went wrong, on one line: the error Serf logs when the handler exits 1."""
         return "; ".join(f"handler {name} failed: {why}" for name, why in self.failed)
+
+
+class OwedReload(NamedTuple):
+    """A reload that a handler's run owes (protocols.ReloadSharer). The dispatcher runs each
+    distinct `argv` once per run, after every handler of the run, and hands the outcome to
+    every handler that owed it."""
+
+    argv: tuple[str, ...]
+    run: Callable[[], None]  # runs the argv; raises a SerfHandlersError saying why it failed
+    record: Callable[[str | None], None]  # for the handler to record: None (it ran) or why it failed
+
+
+def run_owed_reloads(owed: Sequence[tuple[str, OwedReload]]) -> list[tuple[str, str]]:
+    """Run each distinct argv of `owed` ((handler name, reload), in the order owed) once, and
+    hand its outcome to every handler that owed it; (handler name, why) for each failure."""
+    groups: dict[tuple[str, ...], list[tuple[str, OwedReload]]] = {}
+    for name, reload in owed:
+        groups.setdefault(reload.argv, []).append((name, reload))
+    failed: list[tuple[str, str]] = []
+    for argv, sharing in groups.items():
+        error = None
+        try:
+            sharing[0][1].run()
+        except Exception as exc:  # noqa: BLE001 - reported to every handler that shares it
+            error = _describe(exc)
+        if len(sharing) > 1:
+            _log.info(f"reload {list(argv)} ran once for {len(sharing)} handlers", ok=error is None,
+                      handlers=",".join(name for name, _ in sharing))
+        for name, reload in sharing:
+            try:
+                reload.record(error)
+            except Exception as exc:  # noqa: BLE001 - one handler's state must not stop the others'
+                failed.append((name, f"{'reloaded' if error is None else error}; not recorded: {_describe(exc)}"))
+                continue
+            if error is not None:
+                failed.append((name, error))
+    return failed
 
 
 def validate_selector(selector: str) -> str:
@@ -209,22 +256,22 @@ class Dispatcher:
         return matches
 
     def dispatch(self, event: Event) -> Outcome:
-        """Run every matching handler; a failing one is logged and the others still run."""
+        """Run every matching handler; a failing one is logged and the others still run.
+        Then the reloads they owe (protocols.ReloadSharer): each distinct argv once."""
         failed: list[tuple[str, str]] = []
         replies: list[bytes] = []
         repliers: list[str] = []
+        owed: list[tuple[str, OwedReload]] = []
         for registration, seen in self.matching(event):
             try:
-                reply = registration.handler(seen)
+                reply = _sharing(registration, owed, lambda: registration.handler(seen))  # noqa: B023 - called now
             except Exception as exc:  # noqa: BLE001 - one broken handler must not stop the rest
-                why = _describe(exc)
-                _log.exception(f"handler {registration.name} failed: {why}", exc, handler=registration.name)
-                _metrics.inc(_metrics.P + "handler_failures_total", handler=registration.name)
-                failed.append((registration.name, why))
+                failed.append(_failure(registration.name, "failed", exc))
                 continue
             if isinstance(event, Query) and reply is not None:
                 replies.append(reply.encode("utf-8") if isinstance(reply, str) else bytes(reply))
                 repliers.append(registration.name)
+        failed += _reloads_failed(owed)
         reply = b"".join(replies)
         if isinstance(event, Query):
             budget = reply_budget(event.node.name)
@@ -238,32 +285,23 @@ class Dispatcher:
         return Outcome(tuple(failed), reply)
 
     def reconcile(self, members: Sequence[Member]) -> Outcome:
-        """Hand the full list of alive members to every handler that can reconcile.
+        """Hand the full list of alive members to every handler that can reconcile, then run
+        the reloads they owe, each distinct argv once.
 
         A `Membership` (what `serf-handle reconcile` passes) is read from Serf only when a
         handler first uses it, separately for each handler."""
-        from .members import Membership
-
         failed: list[tuple[str, str]] = []
+        owed: list[tuple[str, OwedReload]] = []
         for registration in self._registrations:
             reconciler = registration.capabilities.reconciler
             if reconciler is None or not _takes_member_events(registration.events):
                 continue
-            role = registration.role
-            chosen: Sequence[Member]
-            if role is None:
-                chosen = members
-            elif isinstance(members, Membership):
-                chosen = members.with_role(role)
-            else:
-                chosen = [m for m in members if m.role == role]
+            chosen = _of_role(members, registration.role)
             try:
-                reconciler.reconcile(chosen)
+                _sharing(registration, owed, lambda: reconciler.reconcile(chosen))  # noqa: B023 - called now
             except Exception as exc:  # noqa: BLE001 - same contract as dispatch
-                why = _describe(exc)
-                _log.exception(f"handler {registration.name} failed to reconcile: {why}", exc)
-                _metrics.inc(_metrics.P + "handler_failures_total", handler=registration.name)
-                failed.append((registration.name, why))
+                failed.append(_failure(registration.name, "failed to reconcile", exc))
+        failed += _reloads_failed(owed)
         return Outcome(tuple(failed), b"")
 
     def run(
@@ -297,6 +335,47 @@ class Dispatcher:
             # Serf sends no reply for a non-zero exit, so this line cannot corrupt one.
             _log.error_line(outcome.summary())
         return outcome.exit_code
+
+
+def _sharing(registration: Registration, owed: list[tuple[str, OwedReload]], call: Callable[[], R]) -> R:
+    """`call()` (the registration's handler run); the reloads it owes are added to `owed`."""
+    sharer = registration.capabilities.reload_sharer
+    if sharer is None:
+        return call()
+    mine: list[OwedReload] = []
+    try:
+        with sharer.sharing_reloads(mine):
+            return call()
+    finally:
+        owed.extend((registration.name, reload) for reload in mine)  # owed even when the run failed later
+
+
+def _failure(name: str, what: str, exc: BaseException) -> tuple[str, str]:
+    """Log a handler's failure (with a traceback under --debug) and count it."""
+    why = _describe(exc)
+    _log.exception(f"handler {name} {what}: {why}", exc, handler=name)
+    _metrics.inc(_metrics.P + "handler_failures_total", handler=name)
+    return name, why
+
+
+def _reloads_failed(owed: Sequence[tuple[str, OwedReload]]) -> list[tuple[str, str]]:
+    """Run the reloads a run owes (`run_owed_reloads`); log and count each handler's failure."""
+    failed = run_owed_reloads(owed) if owed else []
+    for name, why in failed:
+        _log.error(f"handler {name} failed: {why}", handler=name)
+        _metrics.inc(_metrics.P + "handler_failures_total", handler=name)
+    return failed
+
+
+def _of_role(members: Sequence[Member], role: str | None) -> Sequence[Member]:
+    """The members of `role` (every one for None); a `Membership` stays one, read when used."""
+    from .members import Membership
+
+    if role is None:
+        return members
+    if isinstance(members, Membership):
+        return members.with_role(role)
+    return [m for m in members if m.role == role]
 
 
 def _takes_member_events(selectors: Iterable[str]) -> bool:

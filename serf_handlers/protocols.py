@@ -15,6 +15,8 @@ found by name on the handler object:
 - `cluster_query`: the query by which it answers `serf-handle cluster-check` (`ClusterView`);
 - `default_events`: the selectors it runs for when its config entry names none
   (`DefaultEvents`; otherwise `*`);
+- `sharing_reloads(owed)`: its runs may end with a reload command that other handlers share
+  (`ReloadSharer`); the dispatcher runs each distinct one once per run;
 - `takes_role = True` on the class, and a `role` attribute: it filters members by role
   itself (`RoleFilter`). The class is then created with the entry's `role` as an option,
   and the dispatcher hands it every member of an event instead of only those of its role,
@@ -31,7 +33,9 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+    from contextlib import AbstractContextManager
 
+    from .dispatch import OwedReload
     from .events import Event, Member
 
 Reply: TypeAlias = str | bytes | None
@@ -118,3 +122,19 @@ class RoleFilter(Handler, Protocol):
 
     @property
     def role(self) -> str | None: ...
+
+
+class ReloadSharer(Handler, Protocol):
+    """A handler whose run may end with a reload command that other handlers share (three
+    templates that all reload one Caddy): the dispatcher runs each distinct argv once per
+    run (per `Dispatcher.dispatch` or `reconcile` call), after every handler of the run.
+
+    While `with handler.sharing_reloads(owed):` is open, a run that must reload does not: it
+    records the reload as owed in its own state, then appends a `dispatch.OwedReload` to
+    `owed` (its argv, how to run it, and how to record the outcome). The dispatcher then
+    runs each distinct argv once and hands every handler that owed it the outcome, which it
+    records: nothing owed after a reload that ran; still owed, with the error, after one
+    that failed (the next run retries it). Outside that block the handler reloads itself.
+    """
+
+    def sharing_reloads(self, owed: list[OwedReload], /) -> AbstractContextManager[None]: ...

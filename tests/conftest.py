@@ -7,7 +7,17 @@ from pathlib import Path
 
 import pytest
 
+from serf_handlers import _log
 from support.processes import Processes
+
+
+@pytest.fixture
+def fresh_log() -> Iterator[None]:
+    """The log keeps the stream it first wrote to: start and leave it unset, so that records
+    of in-process runs go to the stderr pytest captures for this test."""
+    _log.configure()
+    yield
+    _log.configure()
 
 
 @pytest.fixture

@@ -1,11 +1,14 @@
 from __future__ import annotations
 
+import contextlib
 import io
+from collections.abc import Iterator
 
 import pytest
 
 from serf_handlers import ConfigError, Dispatcher, Event, Member, MemberEvent, Query, UserEvent
-from serf_handlers.dispatch import QUERY_REPLY_BUDGET
+from serf_handlers.dispatch import QUERY_REPLY_BUDGET, OwedReload, run_owed_reloads
+from serf_handlers.errors import HandlerError
 
 WEB = Member("web1", "10.0.0.1", "web")
 DB = Member("db1", "10.0.0.2", "db")
@@ -161,3 +164,103 @@ def test_reconcile_hands_role_filtered_members_to_reconcilers() -> None:
     dispatcher.register(lambda event: None)  # not a reconciler: ignored
     assert dispatcher.reconcile([WEB, DB]).exit_code == 0
     assert recorder.members == [WEB]
+
+
+# --- reloads that handlers share (protocols.ReloadSharer) ------------------------------------
+
+
+class Sharer:
+    """A handler whose every run (event or reconcile) owes a reload of `argv`; it records
+    each outcome in `outcomes`. `log` is shared by the test's sharers: what ran, in order."""
+
+    def __init__(self, argv: tuple[str, ...], log: list[str], broken: bool = False, fails: str = "") -> None:
+        self.argv, self.log, self.broken, self.fails = argv, log, broken, fails
+        self.outcomes: list[str | None] = []
+        self._owed: list[OwedReload] | None = None
+
+    def __call__(self, event: Event) -> None:
+        self.reconcile([])
+
+    def reconcile(self, members: list[Member]) -> None:
+        self.log.append(f"run {self.argv[0]}")
+        reload = OwedReload(self.argv, self._reload, self.outcomes.append)
+        if self._owed is None:
+            self.log.append("reloaded by itself")  # outside a dispatcher's run
+        else:
+            self._owed.append(reload)
+        if self.broken:
+            raise HandlerError("it failed after owing the reload")
+
+    def _reload(self) -> None:
+        self.log.append(f"reload {self.argv[0]}")
+        if self.fails:
+            raise HandlerError(self.fails)
+
+    def sharing_reloads(self, owed: list[OwedReload]) -> contextlib.AbstractContextManager[None]:
+        @contextlib.contextmanager
+        def sharing() -> Iterator[None]:
+            self._owed = owed
+            try:
+                yield
+            finally:
+                self._owed = None
+
+        return sharing()
+
+
+@pytest.mark.usefixtures("fresh_log")
+@pytest.mark.parametrize("how", ["dispatch", "reconcile"])
+def test_a_reload_shared_by_handlers_runs_once_per_run_after_all_of_them(how: str) -> None:
+    log: list[str] = []
+    sharers = [Sharer(("caddy",), log), Sharer(("nginx",), log), Sharer(("caddy",), log)]
+    dispatcher = Dispatcher()
+    for i, sharer in enumerate(sharers):
+        dispatcher.register(sharer, "member-join", name=f"h{i}")
+    outcome = dispatcher.dispatch(JOIN) if how == "dispatch" else dispatcher.reconcile([WEB])
+    assert outcome.failed == ()
+    assert log == ["run caddy", "run nginx", "run caddy", "reload caddy", "reload nginx"]  # in the order owed
+    assert [s.outcomes for s in sharers] == [[None], [None], [None]]
+    sharers[0]("event")  # outside a run, nothing is shared
+    assert log[-1] == "reloaded by itself"
+
+
+@pytest.mark.usefixtures("fresh_log")
+def test_a_failed_shared_reload_fails_every_handler_that_owed_it(capsys: pytest.CaptureFixture[str]) -> None:
+    log: list[str] = []
+    down = "reload command ['caddy'] exited 1: down"
+    sharers = [Sharer(("caddy",), log, fails=down), Sharer(("nginx",), log), Sharer(("caddy",), log, broken=True)]
+    dispatcher = Dispatcher()
+    for i, sharer in enumerate(sharers):
+        dispatcher.register(sharer, name=f"h{i}")
+    outcome = dispatcher.dispatch(JOIN)
+    # h2 failed after owing the reload: still reloaded (its file is installed), and both failures said.
+    assert log.count("reload caddy") == 1 and log.count("reload nginx") == 1
+    assert outcome.failed == (("h2", "it failed after owing the reload"), ("h0", down), ("h2", down))
+    assert [s.outcomes for s in sharers] == [[down], [None], [down]]
+    err = capsys.readouterr().err
+    assert f"ERROR handler h0 failed: {down}" in err and f"ERROR handler h2 failed: {down}" in err
+
+
+@pytest.mark.usefixtures("fresh_log")
+def test_a_reload_outcome_that_cannot_be_recorded_is_that_handlers_failure() -> None:
+    log: list[str] = []
+    sharers = [Sharer(("caddy",), log)]
+
+    def unrecordable(outcome: str | None) -> None:
+        raise HandlerError("state file: disk full")
+
+    owed = [("h0", OwedReload(("caddy",), lambda: None, sharers[0].outcomes.append)),
+            ("h1", OwedReload(("caddy",), lambda: None, unrecordable))]
+    assert run_owed_reloads(owed) == [("h1", "reloaded; not recorded: state file: disk full")]
+    assert sharers[0].outcomes == [None]
+
+
+def test_sharing_reloads_must_be_a_method() -> None:
+    class Bad:
+        sharing_reloads = True
+
+        def __call__(self, event: Event) -> None:
+            pass
+
+    with pytest.raises(ConfigError, match="sharing_reloads: expected a method"):
+        Dispatcher().register(Bad())

@@ -1,7 +1,8 @@
 """The shared pipeline under the kept-file handlers (`serf_handlers.pipeline`).
 
 1. `make_plan`, pure: a table of runs, each giving the ordered steps (save intent, install,
-   reload, save done) from the old record, the installed bytes and the new text.
+   save owed and reload, or save done) from the old record, the installed bytes and the new
+   text; `after_reload`, what the outcome of an owed reload saves.
 2. `_execute` on real files, with tiny argv commands (`true`, `false`, `sh -c`): what a
    failing check, a failing reload and an unchanged record leave behind.
 3. `_members`: each member event, reconcile's exact list, and hostile names and tags,
@@ -19,19 +20,19 @@ import errno
 import json
 import os
 import stat
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from serf_handlers import _log
+from serf_handlers.dispatch import Dispatcher
 from serf_handlers.errors import HandlerError
 from serf_handlers.events import Member, MemberEvent, Node
-from serf_handlers.pipeline import KeptFile, Known, Target, _execute, _record
+from serf_handlers.pipeline import KeptFile, KeptFileHandler, Known, Target, _execute, _record
 from serf_handlers.pipeline._execute import CheckError, execute
 from serf_handlers.pipeline._members import MAX_NAME, MAX_VALUE, after_event, from_members, refusal
-from serf_handlers.pipeline._plan import INSTALL, PENDING, RELOAD, SAVE, Plan, Step, digest, make_plan
+from serf_handlers.pipeline._plan import INSTALL, PENDING, RELOAD, SAVE, Plan, Step, after_reload, digest, make_plan
 from serf_handlers.pipeline._record import EMPTY, Record, RecordError
 
 A = Known("a", "10.0.0.1", "web", {"port": "80"}, "alive")
@@ -41,13 +42,7 @@ D_A, D_AB = digest(TEXT_A.encode()), digest(TEXT_AB.encode())
 NODE = {"name": "lb", "role": "lb", "tags": {}}
 
 
-@pytest.fixture(autouse=True)
-def log_to_this_tests_stderr() -> Iterator[None]:
-    """The log keeps the stream it first wrote to: start and leave it unset, so that records
-    go to the stderr pytest captures for this test."""
-    _log.configure()
-    yield
-    _log.configure()
+pytestmark = pytest.mark.usefixtures("fresh_log")
 
 
 def rec(*members: Known, installed: str | None = None, pending: str | None = None, exists: bool = True) -> Record:
@@ -66,17 +61,26 @@ def done(new: Record, text: str) -> Record:
     return new._replace(installed=digest(text.encode()), reload_pending=None, exists=True)
 
 
+def owed(new: Record, text: str, pending: str = PENDING) -> Record:
+    """What is saved once the file is installed and its reload owed to the run."""
+    return done(new, text)._replace(reload_pending=pending)
+
+
 def described(plan: Plan, old: Record, new: Record) -> list[str]:
     """The plan's steps in words; a save that would write what is already there says so
     (`execute` skips it)."""
     words = []
-    for step in plan.steps:
+    for i, step in enumerate(plan.steps):
         if step.kind == SAVE:
             assert step.record is not None
             if step.record == done(new, plan.text):
                 words.append("save done" + (" (nothing new)" if _record.same(old, step.record) else ""))
-            elif step.record == intent(old, new):
+            elif step.record == intent(old, new) and INSTALL in (s.kind for s in plan.steps[i:]):
                 words.append("save intent")
+            elif step.record == owed(new, plan.text):
+                words.append("save owed")
+            elif step.record == owed(new, plan.text, str(old.reload_pending)):
+                words.append("save owed (still)")
             else:
                 words.append(f"save {step.record!r}")
         elif step.kind == RELOAD:
@@ -86,7 +90,7 @@ def described(plan: Plan, old: Record, new: Record) -> list[str]:
     return words
 
 
-CHANGED = ["save intent", "install", "reload: the content changed", "save done"]
+CHANGED = ["save intent", "install", "save owed", "reload: the content changed"]
 
 
 @pytest.mark.parametrize(
@@ -118,12 +122,12 @@ CHANGED = ["save intent", "install", "reload: the content changed", "save done"]
         ),
         pytest.param(
             rec(A, installed=D_A, pending="reload command ['x'] exited 1: down"), rec(A), TEXT_A.encode(), TEXT_A,
-            True, ["reload: owed by an earlier run (reload command ['x'] exited 1: down)", "save done"],
+            True, ["save owed (still)", "reload: owed by an earlier run (reload command ['x'] exited 1: down)"],
             id="unchanged text with a reload owed: the reload is retried",
         ),
         pytest.param(
             rec(A, installed=D_A, pending=PENDING), rec(A), TEXT_A.encode(), TEXT_A,
-            True, [f"reload: owed by an earlier run ({PENDING})", "save done"],
+            True, ["save owed", f"reload: owed by an earlier run ({PENDING})"],
             id="killed between install and reload: the next run reloads",
         ),
         pytest.param(
@@ -136,17 +140,15 @@ CHANGED = ["save intent", "install", "reload: the content changed", "save done"]
         ),
         pytest.param(
             rec(A, installed=D_A), rec(A), b"edited by hand\n", TEXT_A, True,
-            ["save intent", "install", "reload: the content changed", "save done (nothing new)"],
-            id="file edited by hand: installed again and reloaded",
+            CHANGED, id="file edited by hand: installed again and reloaded",
         ),
         pytest.param(
             rec(A, installed=D_A), rec(A), None, TEXT_A, True,
-            ["save intent", "install", "reload: the content changed", "save done (nothing new)"],
-            id="file deleted: installed again and reloaded",
+            CHANGED, id="file deleted: installed again and reloaded",
         ),
         pytest.param(
             EMPTY, rec(A, exists=False), TEXT_A.encode(), TEXT_A, True,
-            ["reload: no record of whether this file was loaded", "save done"],
+            ["save owed", "reload: no record of whether this file was loaded"],
             id="no state file, the file already current (reconcile): reloaded once, a lost record may have owed it",
         ),
         pytest.param(
@@ -163,12 +165,16 @@ def test_make_plan(
     assert plan.text == text
     # Whatever fails, the new members are kept, and what was installed and owed stays as it was.
     assert plan.rollback == new._replace(installed=old.installed, reload_pending=old.reload_pending, exists=True)
-    # A failed reload: the file is installed, the reload owed.
-    assert plan.reload_failed == done(new, text)._replace(reload_pending="reload failed")
-    if INSTALL in (s.kind for s in plan.steps) and reloads:
-        # Crash safety: the debt is on disk before the file changes, and the reload comes after it.
-        kinds = [s.kind for s in plan.steps]
+    kinds = [s.kind for s in plan.steps]
+    if INSTALL in kinds and reloads:
+        # Crash safety: the debt is on disk before the file changes, and stays until the reload ran.
         assert kinds.index(SAVE) < kinds.index(INSTALL) < kinds.index(RELOAD)
+        assert plan.installed_rollback == owed(new, text)  # a failure once installed still owes the reload
+    if RELOAD in kinds:
+        # The reload is the run's last step, owed to the run (which runs each argv once): the
+        # record says it is pending until the run reports the outcome (`after_reload`).
+        assert kinds[-1] == RELOAD and plan.steps[-2].kind == SAVE
+        assert plan.steps[-2].record is not None and plan.steps[-2].record.reload_pending is not None
 
 
 def test_make_plan_is_pure() -> None:
@@ -190,10 +196,25 @@ def reload_log_argv(log: Path) -> tuple[str, ...]:
 
 
 def run_plan(t: Target, old: Record, new: Record, text: str) -> Plan:
+    """`execute`, then what a run does with the reload it owes (KeptFile, the dispatcher):
+    run it, and save what `after_reload` says."""
     from serf_handlers._files import read_bytes
 
     plan = make_plan(old, new, read_bytes(t.destination), text, t.reload is not None)
-    execute(plan, old, t, "test")
+    whys: list[str] = []
+    execute(plan, old, t, "test", whys.append)
+    for _why in whys:
+        assert t.reload is not None
+        error = None
+        try:
+            _execute.reload(t.reload)
+        except HandlerError as exc:
+            error = str(exc)
+        after = after_reload(_record.load(t.state), digest(text.encode()), error)
+        if after is not None:
+            _record.save(t.state, after)
+        if error is not None:
+            raise HandlerError(error)
     return plan
 
 
@@ -244,7 +265,7 @@ def test_a_failed_reload_is_owed_and_retried_though_the_file_is_current(tmp_path
 
     up.touch()
     plan = run_plan(t, owed, rec(A), TEXT_A)
-    assert [s.kind for s in plan.steps] == [RELOAD, SAVE]
+    assert [s.kind for s in plan.steps] == [SAVE, RELOAD]
     assert log.read_text() == "reload\n"
     assert _record.load(t.state) == done(rec(A), TEXT_A)
 
@@ -613,3 +634,63 @@ def test_step_and_plan_are_plain_data() -> None:
     # What `_execute` walks is data: comparable, printable, no behaviour.
     plan = make_plan(EMPTY, rec(A, exists=False), None, TEXT_A, False)
     assert plan.steps == (Step(INSTALL), Step(SAVE, done(rec(A), TEXT_A)))
+
+
+# --- 6. a reload owed to the run: its outcome, and handlers sharing it -------------------------
+
+
+@pytest.mark.parametrize(
+    ("current", "error", "expected"),
+    [
+        pytest.param(rec(A, installed=D_A, pending=PENDING), None, rec(A, installed=D_A),
+                     id="it ran: nothing owed any more"),
+        pytest.param(rec(A, installed=D_A, pending=PENDING), "exited 1: down",
+                     rec(A, installed=D_A, pending="exited 1: down"), id="it failed: owed, with why"),
+        pytest.param(rec(A, B, installed=D_A, pending=PENDING), None, rec(A, B, installed=D_A),
+                     id="another run kept new members since (same file): they stay"),
+        pytest.param(rec(A, installed=D_AB, pending=PENDING), None, None,
+                     id="another run installed another file since: its own reload is owed, left alone"),
+        pytest.param(rec(A, installed=D_AB, pending=PENDING), "exited 1", None,
+                     id="another file since, and this reload failed: left alone too"),
+        pytest.param(rec(A, installed=D_A), None, None, id="already paid by another run: nothing to save"),
+        pytest.param(EMPTY, None, None, id="the state file is gone: nothing to record against"),
+    ],
+)
+def test_after_reload(current: Record, error: str | None, expected: Record | None) -> None:
+    assert after_reload(current, D_A, error) == expected
+
+
+class Kept(KeptFileHandler):
+    def __init__(self, tmp_path: Path, name: str, reload: tuple[str, ...]) -> None:
+        self.kept = KeptFile(name, target(tmp_path, destination=str(tmp_path / name),
+                                          state=str(tmp_path / f"{name}.json"), reload=reload), plain_render)
+
+
+def test_handlers_in_a_long_lived_dispatcher_share_each_runs_reload(tmp_path: Path) -> None:
+    """As in watch mode: one Dispatcher, one dispatch per batch; each batch reloads once, and
+    a handler called outside a dispatch reloads by itself."""
+    log = tmp_path / "reloads"
+    handlers = [Kept(tmp_path, name, reload_log_argv(log)) for name in ("a", "b", "c")]
+    dispatcher = Dispatcher()
+    for h in handlers:
+        dispatcher.register(h, name=h.kept.name)
+    for batch, (kind, members) in enumerate([("member-join", (W1, W2)), ("member-leave", (W2,))], 1):
+        assert dispatcher.dispatch(event(kind, *members)).failed == ()
+        assert log.read_text() == "reload\n" * batch
+    assert dispatcher.dispatch(event("member-join", W1)).failed == ()  # nothing changed
+    assert log.read_text() == "reload\n" * 2
+    assert dispatcher.reconcile([W1, W2]).failed == ()
+    assert log.read_text() == "reload\n" * 3
+    handlers[0](event("member-leave", W1))
+    assert log.read_text() == "reload\n" * 4
+    assert [_record.load(h.kept.target.state).reload_pending for h in handlers] == [None] * 3
+
+
+def test_a_kept_file_outside_a_dispatcher_reloads_and_records_a_failure(tmp_path: Path) -> None:
+    kept = KeptFile("test", target(tmp_path, reload=("sh", "-c", "echo down >&2; exit 1")), plain_render)
+    with pytest.raises(HandlerError, match=r"reload command .* exited 1: down"):
+        kept.event(event("member-join", W1))
+    assert _record.load(kept.target.state).reload_pending == "reload command ['sh', '-c', 'echo down >&2; exit 1'] " \
+        "exited 1: down"
+    text, drift = kept.status()
+    assert drift and "reload pending: reload command" in text

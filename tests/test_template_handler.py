@@ -546,6 +546,104 @@ def test_killed_between_install_and_reload_the_next_run_reloads(tmp_path: Path) 
     assert site.record().reload_pending is None
 
 
+# --- several templates sharing one reload command ------------------------------------------------
+
+# Appends one line per run to its log; fails while the file after it exists.
+SHARED_RELOAD = 'if test -e "$2"; then echo "caddy down" >&2; exit 1; fi; echo reload >> "$1"'
+
+
+def sharing_site(tmp_path: Path, *argv_of: int) -> tuple[TemplateSite, list[Path]]:
+    """Templates `hosts`, `a`, `b`, ... (one per entry of `argv_of`), each reloading with the
+    reload argv numbered in `argv_of`: the same number, the same argv. Reload argv N logs
+    to `N.reloads` and fails while `N.down` exists."""
+    def argv(n: int) -> list[str]:
+        return ["sh", "-c", SHARED_RELOAD, "reload", str(tmp_path / f"{n}.reloads"), str(tmp_path / f"{n}.down")]
+
+    site = TemplateSite(tmp_path, reload=argv(argv_of[0]))
+    site.more = [site.entry(name, reload=argv(n)) for name, n in zip("ab", argv_of[1:], strict=False)]
+    site.write_yml()
+    return site, [site.state, *(Path(e["state"]) for e in site.more)]
+
+
+def reloads(tmp_path: Path, n: int) -> int:
+    log = tmp_path / f"{n}.reloads"
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def pending(states: list[Path]) -> list[str | None]:
+    return [_record.load(str(state)).reload_pending for state in states]
+
+
+@pytest.mark.parametrize(
+    ("argv_of", "per_change"),
+    [
+        pytest.param((1, 1), {1: 1}, id="two templates, one reload argv: one reload per run"),
+        pytest.param((1, 1, 1), {1: 1}, id="three templates, one reload argv: one reload per run"),
+        pytest.param((1, 2, 1), {1: 1, 2: 1}, id="two reload argvs: each runs once"),
+    ],
+)
+def test_templates_sharing_a_reload_command_reload_once_per_run(
+    tmp_path: Path, argv_of: tuple[int, ...], per_change: dict[int, int]
+) -> None:
+    site, states = sharing_site(tmp_path, *argv_of)
+    for runs, stdin in enumerate([WEB1, WEB2, member_line("web2", "10.0.0.2", port="82")], 1):
+        site.ok("member-join", stdin)  # each changes every file
+        assert {n: reloads(tmp_path, n) for n in per_change} == {n: c * runs for n, c in per_change.items()}
+    site.ok("member-join", WEB1)  # nothing changes: no reload at all
+    assert {n: reloads(tmp_path, n) for n in per_change} == {n: c * 3 for n, c in per_change.items()}
+    assert pending(states) == [None] * len(states)
+    assert site.run(None, args=["status"]).returncode == 0
+
+
+def test_a_failed_shared_reload_is_owed_by_every_template_and_retried_once(tmp_path: Path) -> None:
+    site, states = sharing_site(tmp_path, 1, 1, 1)
+    site.ok("member-join", WEB1)
+    assert reloads(tmp_path, 1) == 1
+    (tmp_path / "1.down").touch()
+
+    done = site.run("member-join", WEB2)
+
+    lines = stderr_lines(done)
+    assert done.returncode == 1 and b"Traceback" not in done.stderr, lines
+    names = ["template (handlers[0])", "template (handlers[1])", "template (handlers[2])"]
+    failures = [line for line in lines if " ERROR handler template (handlers[" in line]
+    assert [name for name in names for line in failures if f"handler {name} failed: " in line] == names
+    assert all("reload command ['sh', '-c', " in line and "exited 1: caddy down" in line for line in failures)
+    assert lines[-1].startswith("serf-handle: error: handler template (handlers[0]) failed: ")
+    assert all("web2" in Path(e["destination"]).read_text() for e in [site.options, *site.more])  # installed
+    assert all(p is not None and "caddy down" in p for p in pending(states)), pending(states)
+    status = site.run(None, args=["status"])
+    assert status.returncode == 1 and status.stdout.decode().count("caddy down (the next run retries it)") == 3
+
+    (tmp_path / "1.down").unlink()
+    site.ok("member-join", WEB2)  # every file current: the one reload they all owe runs once
+    assert reloads(tmp_path, 1) == 2 and pending(states) == [None] * 3
+    assert site.run(None, args=["status"]).returncode == 0
+    site.ok("member-join", WEB2)
+    assert reloads(tmp_path, 1) == 2  # paid
+
+
+def test_killed_before_the_shared_reload_every_template_owes_it_and_the_next_run_reloads_once(tmp_path: Path) -> None:
+    site, states = sharing_site(tmp_path, 1, 1, 1)
+    site.ok("member-join", WEB1)
+    shared = site.options["reload"]
+    killer = [sys.executable, "-S", "-c", KILL_MY_PARENT]  # serf-handle dies while "reloading"
+    site.write_yml(reload=killer)
+    site.more = [{**e, "reload": killer} for e in site.more]
+    site.write_yml()
+
+    done = site.run("member-join", WEB2)
+
+    assert done.returncode == -signal.SIGKILL
+    assert all("web2" in Path(e["destination"]).read_text() for e in [site.options, *site.more])
+    assert pending(states) == [PENDING] * 3 and reloads(tmp_path, 1) == 1
+    site.write_yml(reload=shared)
+    site.more = [{**e, "reload": shared} for e in site.more]
+    site.write_yml()
+    site.ok("member-join", WEB2)  # every file already current
+    assert reloads(tmp_path, 1) == 2 and pending(states) == [None] * 3
+
+
 # --- mode, owner, group, backup ------------------------------------------------------------------
 
 

@@ -22,7 +22,7 @@ from . import _record
 from ._plan import INSTALL, RELOAD, SAVE
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Sequence
 
     from ._kept import Target
     from ._plan import Plan
@@ -37,9 +37,11 @@ class CheckError(HandlerError):
     """The `check` command refused the candidate; the message carries its words."""
 
 
-def execute(plan: Plan, old: Record, target: Target, name: str) -> None:
-    """Carry out `plan`; on a failure save its rollback record and raise."""
+def execute(plan: Plan, old: Record, target: Target, name: str, owe: Callable[[str], None]) -> None:
+    """Carry out `plan`; on a failure save its rollback record and raise. A RELOAD step is
+    handed to `owe` (with why) for the run to carry out once every handler sharing it is done."""
     saved = old  # what the state file holds now: an intent saved by this run replaces `old`
+    rollback = plan.rollback
     for step in plan.steps:
         try:
             if step.kind == SAVE:
@@ -49,19 +51,22 @@ def execute(plan: Plan, old: Record, target: Target, name: str) -> None:
                     saved = step.record
             elif step.kind == INSTALL:
                 install(target, plan.text, name)
+                rollback = plan.installed_rollback
             elif step.kind == RELOAD:
-                assert target.reload is not None
-                run(target.reload, RELOAD_TIMEOUT, "reload")
-                _log.info(f"{name}: reloaded", reason=step.why)
+                owe(step.why)
         except (HandlerError, OSError) as exc:
-            failed = plan.reload_failed._replace(reload_pending=str(exc)) if step.kind == RELOAD else plan.rollback
             try:
-                _record.save(target.state, failed)
+                _record.save(target.state, rollback)
             except (OSError, HandlerError) as also:
                 _log.error(f"{name}: state not saved either: {also}", state=target.state)
             if isinstance(exc, OSError):
                 raise HandlerError(f"{exc.filename or target.state}: {exc.strerror or exc}") from None
             raise
+
+
+def reload(argv: Sequence[str]) -> None:
+    """Run the reload command; HandlerError (with its words) if it fails."""
+    run(argv, RELOAD_TIMEOUT, "reload")
 
 
 def install(target: Target, text: str, name: str) -> None:

@@ -11,8 +11,9 @@ from ..events import MEMBER_EVENTS, MemberEvent
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    from ..dispatch import OwedReload
     from ..events import Event, Member
-    from ._kept import KeptFile
+    from ._kept import KeptFile, Sharing
 
 
 class KeptFileHandler:
@@ -50,3 +51,6 @@ class KeptFileHandler:
 
     def self_check(self) -> tuple[list[str], list[str]]:
         return self.kept.self_check(), []
+
+    def sharing_reloads(self, owed: list[OwedReload]) -> Sharing:
+        return self.kept.sharing(owed)

@@ -11,11 +11,12 @@ from __future__ import annotations
 from .. import _log
 from .._files import Lock, read_bytes
 from .._typing import TYPE_CHECKING, NamedTuple
+from ..dispatch import OwedReload
 from ..errors import HandlerError
 from . import _record
-from ._execute import check, execute
+from ._execute import check, execute, reload
 from ._members import after_event, from_members
-from ._plan import digest, make_plan
+from ._plan import after_reload, digest, make_plan
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -53,11 +54,13 @@ class KeptFile:
         self.target = target
         self._render = render
         self._refuse = refuse
+        self._shared: list[OwedReload] | None = None  # set while `sharing`
 
     # --- runs ------------------------------------------------------------------------------
 
     def event(self, event: MemberEvent) -> None:
         node = {"name": event.node.name, "role": event.node.role, "tags": dict(event.node.tags)}
+        owed: list[OwedReload] = []
         with Lock(f"{self.target.state}.lock"):
             old = _record.load(self.target.state)
             if not old.exists and self._holds_members(read_bytes(self.target.destination)):
@@ -68,12 +71,8 @@ class KeptFile:
                     "run `serf-handle reconcile` to rebuild it (the file is left as it is)"
                 )
             members, refused = after_event(old.members, event.type, event.members, self._refuse)
-            try:
-                self._converge(old, old._replace(members=members, node=node))
-            except HandlerError:
-                _log_refused(self.name, refused)  # a run failing for another reason still names whom it skipped
-                raise
-        _raise_refused(self.name, refused)
+            self._converge(old, old._replace(members=members, node=node), refused, owed)
+        self._settle(owed, refused)
 
     def _holds_members(self, installed: bytes | None) -> bool:
         """Whether the file may hold members an event would drop: not when it is missing,
@@ -86,6 +85,7 @@ class KeptFile:
             return True
 
     def reconcile(self, alive: Sequence[Member], failed: Callable[[], Iterable[Member]] = tuple) -> None:
+        owed: list[OwedReload] = []
         with Lock(f"{self.target.state}.lock"):
             try:
                 old = _record.load(self.target.state)
@@ -93,22 +93,60 @@ class KeptFile:
                 _log.warning(f"{self.name}: {exc}; rebuilding it")
                 old = _record.EMPTY
             members, refused = from_members(alive, failed(), self._refuse)
-            try:
-                self._converge(old, old._replace(members=members))
-            except HandlerError:
-                _log_refused(self.name, refused)
-                raise
-        _raise_refused(self.name, refused)
+            self._converge(old, old._replace(members=members), refused, owed)
+        self._settle(owed, refused)
 
-    def _converge(self, old: _record.Record, new: _record.Record) -> None:
+    def _converge(self, old: _record.Record, new: _record.Record, refused: list[str], owed: list[OwedReload]) -> None:
+        """Render, plan and execute; a reload the plan owes is added to `owed`. A run failing
+        for another reason still names the members it skipped."""
         try:
             text = self._render(new.members, new.node)
         except HandlerError:
             if not _record.same(old, new):
                 _record.save(self.target.state, new)  # keep the members for the run after the fix
+            _log_refused(self.name, refused)
             raise
         plan = make_plan(old, new, read_bytes(self.target.destination), text, self.target.reload is not None)
-        execute(plan, old, self.target, self.name)
+        installed = digest(text.encode("utf-8"))
+        try:
+            execute(plan, old, self.target, self.name, lambda why: owed.append(self._owed(installed, why)))
+        except HandlerError:
+            _log_refused(self.name, refused)
+            raise
+
+    def _owed(self, installed: str, why: str) -> OwedReload:
+        argv = self.target.reload
+        assert argv is not None
+        return OwedReload(argv, lambda: reload(argv), lambda error: self._reloaded(installed, why, error))
+
+    def _settle(self, owed: list[OwedReload], refused: list[str]) -> None:
+        """After a run, outside the lock: hand the reload it owes to the dispatcher's run
+        (`sharing`), which runs it once for every handler sharing it; or, outside one, run it
+        now. Then report the members it skipped."""
+        if self._shared is not None:
+            self._shared.extend(owed)
+        elif owed:
+            from ..dispatch import run_owed_reloads
+
+            failed = run_owed_reloads([(self.name, one) for one in owed])
+            if failed:
+                _log_refused(self.name, refused)
+                raise HandlerError(failed[0][1])
+        _raise_refused(self.name, refused)
+
+    def _reloaded(self, installed: str, why: str, error: str | None) -> None:
+        """Record the outcome of the reload owed for the file whose digest is `installed`."""
+        with Lock(f"{self.target.state}.lock"):
+            after = after_reload(_record.load(self.target.state), installed, error)
+            if after is not None:
+                _record.save(self.target.state, after)
+        if error is None:
+            _log.info(f"{self.name}: reloaded", reason=why)
+
+    def sharing(self, owed: list[OwedReload]) -> Sharing:
+        """`with kept.sharing(owed):` the reloads runs owe go to `owed`, for the dispatcher
+        to run once per argv after every handler of its run (protocols.ReloadSharer)."""
+        return Sharing(self, owed)
 
     # --- status, render, check -------------------------------------------------------------
 
@@ -194,6 +232,19 @@ class KeptFile:
         finally:
             os.unlink(candidate)
         return [f"renders {len(text.encode('utf-8'))} bytes for {self.target.destination}; the check accepts it"]
+
+
+class Sharing:
+    """See `KeptFile.sharing`."""
+
+    def __init__(self, kept: KeptFile, owed: list[OwedReload]) -> None:
+        self._kept, self._owed = kept, owed
+
+    def __enter__(self) -> None:
+        self._kept._shared = self._owed
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._kept._shared = None
 
 
 def _log_refused(name: str, refused: list[str]) -> None:
