@@ -41,6 +41,9 @@ from support.admin import live_servers
 from support.processes import Agent, Processes, wait_until
 from support.site import Site
 
+from . import watch_breakdown, watch_scale, watch_storm
+from .procs import BENCH
+
 TITLE = "11. Per event or watch"
 CHANGES = 50  # tag changes per mode
 QUERIES = 100  # concurrent drain queries per mode
@@ -104,6 +107,8 @@ class Cluster:
         log = {"level": "info", "format": "json", "file": str(workdir / "handler.jsonl")}
         self.site = Site(workdir, serf_handle=str(venv_bin / "serf-handle"), log=log)
         self.site.serve(self.procs, "runtime")
+        self.stamps_file = workdir / "stamps"  # watch: watch_probe.py's timestamps
+        self.timed: list[tuple[float, float]] = []  # watch: (command started, change seen live) per change
         self.delivered = workdir / "delivered"  # per event: one wall-clock line per member-update handed over
         if self.mode == "event":
             # Serf runs an agent's event handlers one after the other, synchronously, before the
@@ -113,7 +118,9 @@ class Cluster:
         else:
             self.lb = Agent(self.procs, "lb", {"role": "lb"}, log_level="info")
             self.site.agent = self.lb
-            argv = [self.site.serf_handle, "--config", str(self.site.yml), "watch", "--rpc-addr", self.lb.rpc]
+            # Under watch_probe.py: the same `serf-handle watch`, with a timestamp at each step.
+            argv = [str(venv_bin / "python"), str(BENCH / "watch_probe.py"), str(self.stamps_file),
+                    "--config", str(self.site.yml), "watch", "--rpc-addr", self.lb.rpc]
             self.watch = self.procs.start("watch", argv, env=self.site.env(None))
             wait_until(lambda: any("connected to the serf agent" in str(r.get("message"))
                                    for r in self.site.records()), timeout=20, what="the watcher connected")
@@ -149,6 +156,7 @@ class Cluster:
                 raise AssertionError(f"{self.mode}: weight {weight} never live in HAProxy")
             time.sleep(POLL)
         live, live_wall = time.monotonic(), time.time()
+        self.timed.append((started, live))
         wait_until(lambda: self.stamps.first(mark, weight), timeout=5, interval=0.01,
                    what=f"{self.mode}: the member-update on the stream")
         streamed = self.stamps.first(mark, weight)
@@ -206,7 +214,8 @@ def _pct(values: list[float], q: float) -> float:
 
 def add_watch_extra(venv_bin: Path) -> None:
     """The throwaway install has no extras: add `[watch]` (msgpack) from the same copied source."""
-    if subprocess.run([str(venv_bin / "python"), "-c", "import msgpack"], capture_output=True).returncode == 0:
+    if subprocess.run([str(venv_bin / "python"), "-c", "import msgpack"], capture_output=True,
+                      timeout=60).returncode == 0:
         return
     source = venv_bin.parent.parent / "src"  # procs.make_install's layout
     subprocess.run([str(venv_bin / "pip"), "install", "-q", f"{source}[watch]"], check=True, timeout=300,
@@ -234,14 +243,18 @@ def run(venv_bin: Path, workdir: Path, changes: int = CHANGES, queries: int = QU
         storms = {}
         for mode in ("watch", "event"):  # watch first: the per-event agent's backlog outlasts its storm
             storms[mode] = clusters[mode].storm(queries)
-        return {
-            "changes": changes, "elapsed": elapsed, "queries": queries,
-            "latency": {mode: {key: [t[key] * 1000 for t in ts] for key in ts[0]} for mode, ts in times.items()},
-            "cpu": cpu, "events": events, "storms": storms,
-        }
+        watch = clusters["watch"]
+        breakdown = watch_breakdown.breakdown(watch_breakdown.read(watch.stamps_file), watch.timed)
     finally:
         for cluster in clusters.values():
             cluster.stop()
+    return {
+        "changes": changes, "elapsed": elapsed, "queries": queries,
+        "latency": {mode: {key: [t[key] * 1000 for t in ts] for key in ts[0]} for mode, ts in times.items()},
+        "cpu": cpu, "events": events, "storms": storms, "breakdown": breakdown,
+        "scale": watch_scale.run(venv_bin, workdir / "scale"),
+        "event_storm": watch_storm.run(str(venv_bin / "serf-handle"), workdir / "event-storm"),
+    }
 
 
 def format_watch(r: dict[str, Any]) -> str:
@@ -282,4 +295,10 @@ def format_watch(r: dict[str, Any]) -> str:
     for mode in MODES:
         n, cpu = r["events"][mode], r["cpu"][mode]
         out.append(f"| {MODE_LABELS[mode]} | {n} | {cpu:.2f} | {cpu / max(n, 1) * 1000:.1f} |")
+    out += ["", "**Where a watch-mode change spends its time**, the same changes as above: the watcher ran under "
+            "`bench/watch_probe.py` (the same `serf-handle watch`, a timestamp at each step), each change from the "
+            "watcher's own RPC reader queueing the record to the benchmark's poll seeing the new weight.\n",
+            *watch_breakdown.format_breakdown(r["breakdown"])]
+    out += ["", *watch_scale.format_scale(r["scale"])]
+    out += ["", *watch_storm.format_storm(r["event_storm"])]
     return "\n".join(out) + "\n"

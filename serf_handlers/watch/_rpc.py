@@ -121,6 +121,16 @@ class Client:
         responder of this node was first)."""
         self._call("respond", {"ID": query_id, "Payload": payload})
 
+    # --- for the benchmarks and tests: drive an agent without a `serf` process per command --
+
+    def event(self, name: str, payload: bytes, coalesce: bool = False) -> None:
+        """Send a user event through this agent (`serf event`)."""
+        self._call("event", {"Name": name, "Payload": payload, "Coalesce": coalesce})
+
+    def tags(self, tags: dict[str, str], delete: tuple[str, ...] = ()) -> None:
+        """Set (and delete) this agent's own tags (`serf tags`)."""
+        self._call("tags", {"Tags": tags, "DeleteTags": list(delete)})
+
     def close(self) -> None:
         """Drop the connection (no `Lost` item); pending calls fail."""
         self._closing = True

@@ -11,10 +11,12 @@ import json
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
+from bench.watch_storm import STABLE, StormSite, settle, storm
 from serf_handlers._files import Lock
 from support.admin import live_servers
 from support.load import Load
@@ -28,7 +30,7 @@ class Watched:
     """HAProxy (runtime API), a serf agent `lb` without an event handler, and `serf-handle
     watch` on it; web nodes with `add_web`."""
 
-    def __init__(self, procs: Processes, max_queue: int | None = None, more_handlers: list[dict[str, object]] = (),
+    def __init__(self, procs: Processes, max_queue: int | None = None, more_handlers: Sequence[dict[str, object]] = (),
                  **top: object) -> None:
         require("serf", "haproxy", "nginx")
         self.procs = procs
@@ -119,7 +121,7 @@ def test_the_agent_restarted_while_members_change(watched: Watched) -> None:
     for n in (1, 2):
         w.site.add_web(f"web{n}", f"body{n}")
     wait_until(lambda: w.live() == {"web1", "web2"}, what="two servers")
-    argv = list(w.lb.proc.args)  # type: ignore[arg-type]
+    argv = [str(a) for a in w.lb.proc.args]  # type: ignore[union-attr]  # Popen.args: a list here
     w.lb.crash()
     # While the agent is down: web2 leaves, web3 joins (through web1). No event reaches us.
     w.site.webs["web2"].leave()
@@ -212,3 +214,25 @@ def test_rpc_auth_from_the_environment(short_procs: Processes, tmp_path: Path) -
                          capture_output=True, text=True, timeout=30, env={"PATH": "/usr/bin:/bin"})
     assert bad.returncode == 2
     assert bad.stderr == f"serf-handle: error: serf agent at {lb.rpc}: 'auth': Invalid authentication token\n"
+
+
+def test_an_event_storm_faster_than_the_handlers_loses_nothing(short_procs: Processes) -> None:
+    # A plugin sleeping 50 ms per event, a queue bound of 8, and for 6 s: tag changes on every
+    # web agent, 100 user events a second, a join and a leave (bench/watch_storm.py, section 11).
+    s = StormSite(short_procs, SERF_HANDLE, max_queue=8)
+    for n in range(1, 5):
+        s.add_web(f"web{n}")
+    wait_until(lambda: set(s.live()) == set(s.webs), timeout=30, what="four web nodes live")
+    sent = storm(s, 6.0, joins=["web5"], leaves=["web1"], user_rate=100, tag_rate=10)
+    assert sent["tags"] >= 20 and sent["user"] >= 300, sent
+    settle(s, timeout=30)
+    time.sleep(STABLE)
+    members = s.members()
+    assert set(members) == {"web2", "web3", "web4", "web5"}
+    assert s.live() == members  # names and weights: HAProxy's own view
+    collapsed = s.collapses()
+    assert collapsed["lines"] >= 1, collapsed
+    assert collapsed["reconciles"] >= (1 if collapsed["member_records"] else 0), collapsed
+    # Every user event either ran or was counted in a log line: none lost silently.
+    assert s.user_events_run() + collapsed["user_dropped"] == sent["user"], (s.user_events_run(), collapsed, sent)
+    assert s.watch.poll() is None
