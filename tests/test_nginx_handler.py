@@ -580,7 +580,12 @@ def test_status_render_diff_and_check(ngx: Ngx) -> None:
     installed = ngx.conf.read_bytes()
     status = ngx.ok(None, args=("status",))
     assert status.stdout.decode().splitlines() == [
-        f"# {HANDLER}", "web1 10.0.0.1 role=web alive", "web2 ::2 role=web alive", f"file: {ngx.conf}: as installed"]
+        f"# {HANDLER}", "web1 10.0.0.1 role=web alive", "web2 ::2 role=web alive", f"file: {ngx.conf}: as installed",
+        "servers nginx was last given (in the installed config, reloaded):",
+        "BACKEND  SERVER       WEIGHT  STATE  NODE",
+        "web      10.0.0.1:80  1       ready  web1",
+        "web      [::2]:80     1       ready  web2",
+    ]
     assert ngx.ok(None, args=("render",)).stdout == installed
     diff = ngx.run(None, args=("render", "--diff"))
     assert diff.returncode == 0 and diff.stdout == b""
@@ -603,6 +608,45 @@ def test_status_render_diff_and_check(ngx: Ngx) -> None:
     assert ngx.conf.read_bytes() == installed and ngx.reload_count() == 1
     assert ngx.run(None, args=("render", "--diff")).returncode == 0
     assert ngx.run(None, args=("status",)).returncode == 0
+
+
+def servers_in_status(ngx: Ngx) -> tuple[str, list[list[str]]]:
+    """`status`: the heading over the servers, and their rows (cells: two spaces or more apart)."""
+    lines = ngx.run(None, args=("status",)).stdout.decode().splitlines()
+    (at,) = [i for i, line in enumerate(lines) if line.startswith("servers ")]
+    assert lines[at + 1].split() == ["BACKEND", "SERVER", "WEIGHT", "STATE", "NODE"]
+    return lines[at], [re.split(r"  +", line) for line in lines[at + 2:]]
+
+
+def test_status_shows_the_servers_nginx_was_last_given(ngx: Ngx, tmp_path: Path) -> None:
+    down = tmp_path / "nginx-down"
+    ngx.write_yml(reload=["sh", "-c", FLAKY, "reload", str(ngx.reloads), str(down)])
+    ngx.ok("member-join", member_line("web1", "10.0.0.1", weight="3"), member_line("web2", "fd00::2", port="8080"),
+           member_line("web3", "10.0.0.3", state="drain"),
+           member_line("api1", "10.0.1.1", backend="api", state="maint"), member_line("db1", "10.0.9.1", "db"))
+    heading, rows = servers_in_status(ngx)
+    assert heading == "servers nginx was last given (in the installed config, reloaded):"
+    assert rows == [
+        ["api", "10.0.1.1:80", "1", "down (maint)", "api1"],
+        ["api", "-", "-", "no usable server: answers 503", "-"],
+        ["web", "10.0.0.1:80", "3", "ready", "web1"],
+        ["web", "[fd00::2]:8080", "1", "ready", "web2"],
+        ["web", "10.0.0.3:80", "1", "down (drain)", "web3"],
+    ]
+    assert {s.address for s in ngx.upstreams()["web"]} == {"10.0.0.1:80", "[fd00::2]:8080", "10.0.0.3:80"}
+
+    down.touch()  # installed, but the reload fails: nginx still runs the servers before it
+    assert ngx.run("member-leave", member_line("web1", "10.0.0.1")).returncode == 1
+    heading, rows = servers_in_status(ngx)
+    assert heading == "servers in the installed config; nginx has not loaded it yet (reload pending):"
+    assert [row[4] for row in rows if row[0] == "web"] == ["web2", "web3"]
+    down.unlink()
+    ngx.ok("member-update", member_line("web2", "fd00::2", port="8080"))  # pays the reload
+    assert servers_in_status(ngx)[0] == "servers nginx was last given (in the installed config, reloaded):"
+
+    ngx.conf.write_text(ngx.conf.read_text().replace("10.0.0.3:80", "6.6.6.6:80"))  # behind our back
+    heading, rows = servers_in_status(ngx)
+    assert heading == "servers the members call for; not in the installed config (see above):"
 
 
 def test_reconcile_rebuilds_from_serf_and_reports_a_bad_member(ngx: Ngx) -> None:

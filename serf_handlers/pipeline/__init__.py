@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 from ._handler import KeptFileHandler
-from ._kept import KeptFile, Target, state_path
+from ._kept import GIVEN, INSTALLED, WANTED, KeptFile, Target, state_path
 from ._members import Known
 
-__all__ = ["KeptFile", "KeptFileHandler", "Known", "Target", "state_path"]
+__all__ = ["GIVEN", "INSTALLED", "WANTED", "KeptFile", "KeptFileHandler", "Known", "Target", "state_path"]

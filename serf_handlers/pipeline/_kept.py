@@ -25,9 +25,15 @@ if TYPE_CHECKING:
     from ._members import Known, Refuse
 
     Render = Callable[[Mapping[str, Known], Mapping[str, object] | None], str]
+    # `status` lines for the kept members, and where they stand (GIVEN, INSTALLED or WANTED).
+    Describe = Callable[[Mapping[str, Known], str], list[str]]
 
 
 STATE_DIR = "/var/lib/serf-handlers"
+# Where the kept members stand, for a handler's `describe` (see `KeptFile.status`):
+GIVEN = "given"  # the installed file is what they render, and the service loaded it
+INSTALLED = "installed"  # the installed file is what they render; its reload is still owed
+WANTED = "wanted"  # the installed file is not what they render (see the file's status line)
 
 
 def state_path(destination: str) -> str:
@@ -49,11 +55,14 @@ class Target(NamedTuple):
 
 
 class KeptFile:
-    def __init__(self, name: str, target: Target, render: Render, refuse: Refuse | None = None) -> None:
+    def __init__(
+        self, name: str, target: Target, render: Render, refuse: Refuse | None = None, describe: Describe | None = None
+    ) -> None:
         self.name = name
         self.target = target
         self._render = render
         self._refuse = refuse
+        self._describe = describe
         self._shared: list[OwedReload] | None = None  # set while `sharing`
 
     # --- runs ------------------------------------------------------------------------------
@@ -153,35 +162,36 @@ class KeptFile:
     def status(self) -> tuple[str, bool]:
         """The kept members and the file; True when the file differs from what was installed,
         is behind the members (not rendered, or refused by the check), has no state file (so
-        every event leaves it alone), or a reload is owed (`serf-handle status` exits 1)."""
+        every event leaves it alone), or a reload is owed (`serf-handle status` exits 1). A
+        handler's `describe` adds what the members mean to its service (nginx: the servers)."""
         record = _record.load(self.target.state)
         lines = [f"{m.name} {m.addr} role={m.role} {m.status}" for m in sorted(record.members.values())]
-        installed = read_bytes(self.target.destination)
-        drift = True
-        where = f"file: {self.target.destination}"
-        if installed is None or (not record.exists and not self._holds_members(installed)):
-            lines.append(f"{where}: not written yet")
-            drift = record.exists
-        elif not record.exists:
-            lines.append(f"{where}: no state file, so events leave it as it is (`serf-handle reconcile` rebuilds it)")
-        elif record.installed is not None and digest(installed) != record.installed:
-            lines.append(f"{where}: changed since this handler installed it (`serf-handle reconcile` writes it again)")
-        else:
-            try:
-                behind = self._render(record.members, record.node).encode("utf-8") != installed
-            except HandlerError as exc:
-                lines.append(f"{where}: cannot be rendered: {exc}")
-            else:
-                if behind:
-                    lines.append(f"{where}: behind the members: not installed since they changed "
-                                 "(see the last run's error; `serf-handle render --diff` shows what is missing)")
-                else:
-                    lines.append(f"{where}: as installed")
-                    drift = False
+        line, drift, current = self._file_status(record, read_bytes(self.target.destination))
+        lines.append(f"file: {self.target.destination}: {line}")
         if record.reload_pending is not None:
             lines.append(f"reload pending: {record.reload_pending} (the next run retries it)")
             drift = True
+        if self._describe is not None and record.exists:
+            stands = WANTED if not current else INSTALLED if record.reload_pending is not None else GIVEN
+            lines += self._describe(record.members, stands)
         return "\n".join(lines) + "\n", drift
+
+    def _file_status(self, record: _record.Record, installed: bytes | None) -> tuple[str, bool, bool]:
+        """(what the file is, whether that is drift, whether it is what the record renders)."""
+        if installed is None or (not record.exists and not self._holds_members(installed)):
+            return "not written yet", record.exists, False
+        if not record.exists:
+            return "no state file, so events leave it as it is (`serf-handle reconcile` rebuilds it)", True, False
+        if record.installed is not None and digest(installed) != record.installed:
+            return "changed since this handler installed it (`serf-handle reconcile` writes it again)", True, False
+        try:
+            behind = self._render(record.members, record.node).encode("utf-8") != installed
+        except HandlerError as exc:
+            return f"cannot be rendered: {exc}", True, False
+        if behind:
+            return ("behind the members: not installed since they changed "
+                    "(see the last run's error; `serf-handle render --diff` shows what is missing)"), True, False
+        return "as installed", False, True
 
     def text(self) -> str:
         record = _record.load(self.target.state)

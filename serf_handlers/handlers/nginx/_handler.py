@@ -28,7 +28,7 @@ from __future__ import annotations
 from ..._options import Option, parse
 from ..._typing import TYPE_CHECKING
 from ...errors import ConfigError
-from ...pipeline import KeptFile, KeptFileHandler, Target, state_path
+from ...pipeline import GIVEN, INSTALLED, WANTED, KeptFile, KeptFileHandler, Target, state_path
 from ._servers import is_backend_name, refusal, servers
 
 if TYPE_CHECKING:
@@ -70,10 +70,22 @@ class NginxHandler(KeptFileHandler):
         reload = o["reload"] or (binary, "-c", config, "-s", "reload")
         target = Target(config, str(o["state"] or state_path(config)), check, reload,  # type: ignore[arg-type]
                         backup=bool(o["backup"]))
-        self.kept = KeptFile(f"nginx {config}", target, self._render, self._refuse)
+        self.kept = KeptFile(f"nginx {config}", target, self._render, self._refuse, self._describe)
 
     def _refuse(self, member: Member) -> str | None:
         return refusal(member, self.port) if member.role == self.selected_role else None
+
+    def _describe(self, members: Mapping[str, Known], stands: str) -> list[str]:
+        """`status`: the servers the kept members make, and whether nginx has them."""
+        from ._servers import table
+
+        assert self.selected_role is not None
+        heading = {
+            GIVEN: "servers nginx was last given (in the installed config, reloaded):",
+            INSTALLED: "servers in the installed config; nginx has not loaded it yet (reload pending):",
+            WANTED: "servers the members call for; not in the installed config (see above):",
+        }[stands]
+        return [heading, *table(servers(members.values(), self.selected_role, self.port, self.backend))]
 
     def _render(self, members: Mapping[str, Known], node: Mapping[str, object] | None) -> str:
         from ._render import builtin, context

@@ -7,7 +7,7 @@ from __future__ import annotations
 from ..._typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping
 
     from ...events import Member
     from ...pipeline import Known
@@ -30,10 +30,13 @@ class Server(NamedTuple):
         return self.state != "ready" or self.weight == 0
 
     @property
+    def address(self) -> str:
+        return f"[{self.addr}]:{self.port}" if ":" in self.addr else f"{self.addr}:{self.port}"
+
+    @property
     def line(self) -> str:
-        host = f"[{self.addr}]" if ":" in self.addr else self.addr
         flags = " down" if self.down else ""
-        return f"server {host}:{self.port} weight={max(self.weight, 1)} max_fails=1 fail_timeout=5s{flags};"
+        return f"server {self.address} weight={max(self.weight, 1)} max_fails=1 fail_timeout=5s{flags};"
 
 
 def is_backend_name(name: str) -> bool:
@@ -70,3 +73,17 @@ def servers(members: Iterable[Known], role: str, port: int, backend: str) -> dic
                         t.get("state", "ready"))
         found.setdefault(server.backend, []).append(server)
     return found
+
+
+def table(backends: Mapping[str, list[Server]]) -> list[str]:
+    """The servers as `status` shows them: one row each, by backend; a backend without a
+    usable server says that it answers 503."""
+    rows = [("BACKEND", "SERVER", "WEIGHT", "STATE", "NODE")]
+    for name, servers in sorted(backends.items()):
+        for s in servers:
+            state = "ready" if not s.down else f"down ({s.state})" if s.state != "ready" else "down (weight 0)"
+            rows.append((name, s.address, str(s.weight), state, s.node))
+        if all(s.down for s in servers):
+            rows.append((name, "-", "-", "no usable server: answers 503", "-"))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
