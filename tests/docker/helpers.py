@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import re
+import secrets
 import shutil
 import socket
 import subprocess
 import threading
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 
@@ -153,3 +157,158 @@ class Load:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join(timeout=self.max_seconds + 10)
+
+
+# ---------------------------------------------------------------- Compose projects
+
+# The host ports docker-compose.yml publishes on 127.0.0.1: each test project gets free ones.
+HOST_PORTS = ("LB_HOST_PORT", "LB_STATS_HOST_PORT", "NGINX_LB_HOST_PORT")
+
+
+@dataclass(frozen=True)
+class Compose:
+    """docker-compose.yml run as its own project: a unique project name (-p), an empty
+    --env-file (a user's .env stays out), the given profiles, and `port`: the published
+    port of the load balancer under test."""
+
+    binary: str
+    project: str
+    env_file: Path
+    env: dict[str, str]
+    port: int
+    profiles: tuple[str, ...] = ()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/"
+
+    def __call__(self, *args: str, timeout: float = 180) -> str:
+        argv = (
+            self.binary, "--no-ansi", "--env-file", str(self.env_file), "-p", self.project,
+            *(arg for profile in self.profiles for arg in ("--profile", profile)),
+            "-f", str(REPO / "docker-compose.yml"), "--project-directory", str(REPO), *args,
+        )  # fmt: skip
+        return run(*argv, cwd=REPO, env=self.env, timeout=timeout).stdout
+
+    def containers(self, service: str) -> list[str]:
+        return self("ps", "-q", service).split()
+
+    def hostnames(self, service: str) -> set[str]:
+        """What each container's page names as its node (SERF_NODE defaults to the hostname)."""
+        return {hostname(c) for c in self.containers(service)}
+
+    def left_behind(self) -> tuple[list[str], list[str], list[str]]:
+        """Containers, networks and volumes of the project."""
+        label = f"label=com.docker.compose.project={self.project}"
+        return (
+            run("docker", "ps", "-aq", "--filter", label).stdout.split(),
+            run("docker", "network", "ls", "-q", "--filter", label).stdout.split(),
+            run("docker", "volume", "ls", "-q", "--filter", label).stdout.split(),
+        )
+
+    def logs(self) -> str:
+        return container_logs(self.left_behind()[0])
+
+
+def hostname(container: str) -> str:
+    return run("docker", "inspect", "-f", "{{.Config.Hostname}}", container).stdout.strip()
+
+
+@contextmanager
+def compose_project(binary: str, project: str, scratch: Path, port: str,
+                    profiles: tuple[str, ...] = ()) -> Iterator[Compose]:
+    """A `Compose` whose load balancer under test is published on the host port variable
+    `port` (one of HOST_PORTS). At the end it runs `down` and removes whatever carries the
+    project's label, even when a step failed."""
+    env_file = scratch / "empty.env"
+    env_file.write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COMPOSE_")}
+    env.update({name: str(free_port()) for name in HOST_PORTS})
+    env.update(SERF_ENCRYPT_KEY=base64.b64encode(os.urandom(32)).decode(), SERF_RPC_AUTH=secrets.token_urlsafe(16))
+    c = Compose(binary, project, env_file, env, int(env[port]), profiles)
+    try:
+        yield c
+    finally:
+        containers, networks, _ = c.left_behind()
+        if containers or networks:
+            try:
+                c("down", "--remove-orphans", "-v", "-t", "30", timeout=300)
+            except (AssertionError, OSError) as exc:
+                print(f"docker-compose down failed: {exc}")
+        containers, networks, volumes = c.left_behind()
+        for container in containers:
+            run("docker", "rm", "-f", "-v", container, check=False, timeout=60)
+        for network in networks:
+            run("docker", "network", "rm", network, check=False, timeout=60)
+        for volume in volumes:
+            run("docker", "volume", "rm", "-f", volume, check=False, timeout=60)
+
+
+def up_with_build(compose: Compose, images: tuple[str, ...], scale: str) -> float:
+    """`up -d --build --scale SCALE`; an image the build replaced is removed unless something
+    still uses it. Returns when it started (time.monotonic())."""
+    before = {image: image_id(image) for image in images}
+    started = time.monotonic()
+    compose("up", "-d", "--build", "--scale", scale, timeout=900)
+    print(f"docker-compose {' '.join(compose.profiles)} up -d --build --scale {scale} "
+          f"took {time.monotonic() - started:.1f} s")
+    for image, old in before.items():
+        if old and image_id(image) != old:
+            run("docker", "image", "rm", old, check=False)
+    return started
+
+
+@contextmanager
+def following(container: str, path: Path) -> Iterator[Path]:
+    """`docker logs -f` of a container into `path` (it ends when the container is removed);
+    stopped by its PID at the end."""
+    with open(path, "wb") as out:
+        proc = subprocess.Popen(["docker", "logs", "-f", container], stdout=out, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL)
+    try:
+        yield path
+    finally:
+        try:
+            proc.wait(5)
+        except subprocess.TimeoutExpired:
+            proc.terminate()
+            proc.wait(10)
+
+
+class ScaleDown(NamedTuple):
+    """What `scale_down_under_load` saw."""
+
+    started: float
+    scaled: float  # when `up --scale` returned
+    answers: list[tuple[float, str]]  # (when, the node that answered)
+    failures: list[tuple[float, str]]
+    gone: set[str]  # the nodes removed
+    after: set[str]  # the nodes left
+    drains: dict[str, list[str]]  # each removed node's `serf-drain:` log lines
+
+    @property
+    def during(self) -> list[str]:
+        return [node for t, node in self.answers if self.started <= t <= self.scaled]
+
+
+def scale_down_under_load(compose: Compose, scratch: Path, scale: str, loaders: int, seconds: float) -> ScaleDown:
+    """`up -d --scale SCALE` of the web nodes while `loaders` clients send requests through
+    the load balancer (for at most `seconds`), following each web node's log."""
+    before = compose.hostnames("web")
+    logs: dict[str, Path] = {}
+    with ExitStack() as stack:
+        for container in compose.containers("web"):
+            name = hostname(container)
+            logs[name] = stack.enter_context(following(container, scratch / f"{name}.log"))
+        loads = [stack.enter_context(Load(compose.url, max_seconds=seconds)) for _ in range(loaders)]
+        time.sleep(2)
+        started = time.monotonic()
+        compose("up", "-d", "--no-build", "--no-recreate", "--scale", scale, timeout=120)
+        scaled = time.monotonic()
+        time.sleep(3)
+    after = compose.hostnames("web")
+    drains = {node: [line for line in logs[node].read_text(errors="replace").splitlines() if "serf-drain:" in line]
+              for node in before - after}
+    print("\n".join(f"{node}: {' | '.join(lines)}" for node, lines in sorted(drains.items())))
+    return ScaleDown(started, scaled, [a for load in loads for a in load.answers],
+                     [f for load in loads for f in load.failures], before - after, after, drains)
