@@ -14,12 +14,14 @@ from serf_handlers.handlers.haproxy._live import LiveServer
 from serf_handlers.handlers.haproxy._options import parse
 from serf_handlers.handlers.haproxy._plan import (
     NO_CHANGE,
+    SAVE,
     Plan,
     live_only,
     make_plan,
     runtime_change,
     wanted_after_event,
     wanted_from_members,
+    without_culprits,
 )
 from serf_handlers.handlers.haproxy._servers import Server, from_member
 from serf_handlers.handlers.haproxy._state import EMPTY, Behind, State
@@ -53,6 +55,12 @@ def plan(old: State, wanted: Mapping[str, Server], installed: str | None, option
     return make_plan(old, old._replace(servers=wanted), installed, fake_render, options, full)
 
 
+def kinds(result: Plan) -> list[str]:
+    """The plan's steps in order, in words: what the executor will do."""
+    return [f"save {step.why}" if step.kind == SAVE else f"{step.kind} (if it fails: {step.if_fails})"
+            if step.if_fails else step.kind for step in result.steps]
+
+
 def applied(*items: Server, pending: tuple[tuple[str, str], ...] = ()) -> State:
     """A state in which HAProxy is known to run exactly `items`."""
     return State(servers(*items), servers(*items), pending)
@@ -66,83 +74,96 @@ def applied(*items: Server, pending: tuple[tuple[str, str], ...] = ()) -> State:
     [
         pytest.param(
             applied(A, B), servers(A, B), fake_render(servers(A, B)), LIVE,
-            {"text": None, "runtime": NO_CHANGE, "reload": None, "intent": None},
+            {"text": None, "runtime": NO_CHANGE, "reload": None, "intent": None,
+             "steps": ["save done"]},
             id="repeated event: nothing at all",
         ),
         pytest.param(
             applied(A, pending=(("web", "old"),)), servers(A), fake_render(servers(A)), LIVE,
             {"text": None, "runtime": NO_CHANGE._replace(delete=(("web", "old"),)), "reload": None,
-             "if_runtime_fails": "wait"},
+             "steps": ["runtime (if it fails: wait)", "save done"]},
             id="repeated event retries a deferred deletion, never reloads for it",
         ),
         pytest.param(
             applied(A), servers(A, B), fake_render(servers(A)), LIVE,
-            {"text": fake_render(servers(A, B)), "runtime": NO_CHANGE._replace(add=(B,)), "reload": None},
+            {"text": fake_render(servers(A, B)), "runtime": NO_CHANGE._replace(add=(B,)), "reload": None,
+             "steps": ["install", "runtime (if it fails: reload)", "save done"]},
             id="join through the runtime API",
         ),
         pytest.param(
             applied(A, B), servers(A), fake_render(servers(A, B)), LIVE,
             {"text": fake_render(servers(A)), "runtime": NO_CHANGE._replace(drain=(B,), delete=(B.key,)),
-             "reload": None},
+             "reload": None,
+             "steps": ["drain early", "install", "runtime (if it fails: reload)", "save done"]},
             id="leave: drain, maint, delete",
         ),
         pytest.param(
             applied(A), servers(A._replace(weight=5)), fake_render(servers(A)), LIVE,
-            {"runtime": NO_CHANGE._replace(update=((A, A._replace(weight=5)),)), "reload": None},
+            {"runtime": NO_CHANGE._replace(update=((A, A._replace(weight=5)),)), "reload": None,
+             "steps": ["install", "runtime (if it fails: reload)", "save done"]},
             id="re-weight",
         ),
         pytest.param(
             applied(A), servers(A._replace(tags={"dc": "x"})), fake_render(servers(A)), LIVE,
-            {"text": None, "runtime": NO_CHANGE, "reload": None},
+            {"text": None, "runtime": NO_CHANGE, "reload": None,
+             "steps": ["save done"]},
             id="a tag nobody renders changes nothing",
         ),
         pytest.param(
             applied(A), servers(A, server("x", backend="api")), fake_render(servers(A)), LIVE,
-            {"runtime": NO_CHANGE, "reload": "backends added ['api'] or removed []"},
+            {"runtime": NO_CHANGE, "reload": "backends added ['api'] or removed []",
+             "steps": ["install", "reload", "save done"]},
             id="a new backend needs a reload",
         ),
         pytest.param(
             applied(A), servers(A, B), "edited by hand\n", LIVE,
-            {"runtime": NO_CHANGE, "reload": "the installed config was not the one HAProxy runs"},
+            {"runtime": NO_CHANGE, "reload": "the installed config was not the one HAProxy runs",
+             "steps": ["install", "reload", "save done"]},
             id="installed file is not what HAProxy runs",
         ),
         pytest.param(
             State(servers(A), None), servers(A, B), fake_render(servers(A)), LIVE,
-            {"runtime": NO_CHANGE, "reload": "HAProxy's current servers are unknown", "intent": None},
+            {"runtime": NO_CHANGE, "reload": "HAProxy's current servers are unknown", "intent": None,
+             "steps": ["install", "reload", "save done"]},
             id="an earlier run failed before HAProxy got its config",
         ),
         pytest.param(
             EMPTY, servers(A), None, RELOAD,
             {"text": fake_render(servers(A)), "reload": "HAProxy's current servers are unknown",
-             "intent": State(servers(A), None, (), exists=False)},
+             "intent": State(servers(A), None, (), exists=False),
+             "steps": ["save intent", "install", "reload", "save done"]},
             id="first run: intent saved before installing",
         ),
         pytest.param(
             EMPTY, servers(A), fake_render({}), LIVE,
             {"runtime": NO_CHANGE._replace(add=(A,)), "reload": None,
-             "intent": State(servers(A), {}, (), exists=False)},
+             "intent": State(servers(A), {}, (), exists=False),
+             "steps": ["save intent", "install", "runtime (if it fails: reload)", "save done"]},
             id="first run over the empty config `render --write` installed",
         ),
         pytest.param(
             EMPTY, servers(A), fake_render(servers(A)), LIVE,
-            {"text": None, "runtime": NO_CHANGE, "reload": None, "intent": None},
+            {"text": None, "runtime": NO_CHANGE, "reload": None, "intent": None,
+             "steps": ["save done"]},
             id="state lost, installed config already says this",
         ),
         pytest.param(
             applied(A), servers(A, B), fake_render(servers(A)), RELOAD,
-            {"text": fake_render(servers(A, B)), "runtime": NO_CHANGE, "reload": "config changed"},
+            {"text": fake_render(servers(A, B)), "runtime": NO_CHANGE, "reload": "config changed",
+             "steps": ["install", "reload", "save done"]},
             id="reload mode: a change reloads",
         ),
         pytest.param(
             applied(A), servers(A._replace(tags={"dc": "x"})), fake_render(servers(A)), RELOAD,
-            {"text": None, "reload": None},
+            {"text": None, "reload": None,
+             "steps": ["save done"]},
             id="reload mode: nothing rendered changed, no reload",
         ),
     ],
 )
 def test_make_plan(old: State, wanted: dict[str, Server], installed: str | None, options, expected: dict) -> None:
     result = plan(old, wanted, installed, options)
-    assert {key: getattr(result, key) for key in expected} == expected
+    assert {key: kinds(result) if key == "steps" else getattr(result, key) for key in expected} == expected
     # Whatever happens, the new membership is never lost, and HAProxy's record is only
     # moved forward at the end.
     known = old.applied if old.exists else result.intent.applied if result.intent else result.rollback.applied
@@ -164,6 +185,66 @@ def test_a_broken_template_fails_the_plan_before_anything_happens() -> None:
 
     with pytest.raises(RuntimeError):
         make_plan(applied(A), applied(A, B), fake_render(servers(A)), broken, LIVE)
+
+
+# --- the choices made while planning, not while executing ---------------------------------
+
+
+def test_a_change_of_more_servers_than_reload_above_is_a_reload_that_falls_back_to_the_runtime_api() -> None:
+    few = parse(reload=["kill", "-USR2", "1"], socket="/run/admin.sock", reload_above=2)
+    at_limit = plan(applied(A), servers(A, B, C), fake_render(servers(A)), few)
+    assert kinds(at_limit) == ["install", "runtime (if it fails: reload)", "save done"]
+    d = server("d", 8084)
+    above = plan(applied(A), servers(A, B, C, d), fake_render(servers(A)), few)
+    assert kinds(above) == ["install", "reload instead (if it fails: reload)", "save done"]
+    step = above.steps[1]
+    assert step.why == "3 servers change: a reload costs less than the runtime API"
+    assert step.change == NO_CHANGE._replace(add=(B, C, d)) and above.reload is None
+    # A reload that is needed anyway is just that.
+    moved = plan(applied(A), servers(A, B, C, server("x", backend="api")), fake_render(servers(A)), few)
+    assert kinds(moved) == ["install", "reload", "save done"]
+
+
+def test_added_servers_get_their_health_checks_and_ids_from_the_plan() -> None:
+    from serf_handlers.handlers.haproxy._servers import node_id
+
+    result = plan(applied(A), servers(A, B), fake_render(servers(A)), parse(
+        reload=["kill", "-USR2", "1"], socket="/run/admin.sock", check_inter=2000))
+    (step,) = [s for s in result.steps if s.kind == "runtime"]
+    assert step.checks == "check inter 2000ms fall 1 rise 1"
+    assert step.ids == {B.key: node_id("b")}  # the added server's only, as on its config line
+
+
+ONLY_A = fake_render(servers(A))
+
+
+@pytest.mark.parametrize(
+    ("old", "wanted", "installed", "options", "put_back"),
+    [
+        pytest.param(applied(A), servers(A, B), ONLY_A, LIVE, ONLY_A,
+                     id="a change of servers only: the previous file goes back if the runtime API fails"),
+        pytest.param(applied(A), servers(A, server("x", backend="api")), ONLY_A, LIVE, None,
+                     id="a change that reloads anyway keeps the new file"),
+        pytest.param(EMPTY, servers(A), None, LIVE, None, id="no previous file"),
+        pytest.param(applied(A), servers(A, B), fake_render(servers(A, B)), LIVE, None, id="nothing to install"),
+        pytest.param(applied(A), servers(A, B), ONLY_A, RELOAD, None, id="no runtime API"),
+    ],
+)
+def test_which_file_goes_back_after_a_failed_live_change(old, wanted, installed, options, put_back) -> None:
+    assert plan(old, wanted, installed, options).put_back == put_back
+
+
+def test_without_a_reload_command_a_due_reload_is_only_logged() -> None:
+    result = plan(applied(A), servers(A, B), fake_render(servers(A)), parse())
+    assert kinds(result) == ["install", "no reload", "save done"] and result.reload == "config changed"
+
+
+def test_the_members_haproxy_refused_are_planned_again_without_them() -> None:
+    old = applied(A)
+    new = old._replace(servers=servers(A._replace(port=9), B))
+    again = without_culprits(old, new, {"a": "bad port", "b": "bad name"})
+    assert again.servers == servers(A)  # a back to what HAProxy has, b gone
+    assert {node: why for node, (_, why) in again.skipped.items()} == {"a": "bad port", "b": "bad name"}
 
 
 # --- runtime_change ----------------------------------------------------------------------
@@ -384,7 +465,8 @@ def test_live_only(old: State, wanted: dict[str, Server], options, haproxy, expe
         return
     assert result is not None
     assert result.runtime == expected and result.text is None and result.reload is None
-    assert result.if_runtime_fails == "fail" and result.error == WHY
+    assert kinds(result) == (["runtime (if it fails: fail)"] if expected else []) + ["save done"]
+    assert result.error == WHY and result.put_back is None
     assert result.done.behind == Behind(WHY, old.applied)  # the installed file still renders what it did
     assert result.done.servers == wanted  # the membership is kept in full
     reachable = {node: s for node, s in wanted.items() if s.backend == "web"}

@@ -13,6 +13,7 @@ from serf_handlers.errors import ConfigError
 from serf_handlers.events import Member
 from serf_handlers.handlers.haproxy import HAProxyHandler, _builtin
 from serf_handlers.handlers.haproxy._jinja import BUILTIN_TEMPLATE, render
+from serf_handlers.handlers.haproxy._options import Stats
 from serf_handlers.handlers.haproxy._plan import wanted_from_members
 from serf_handlers.handlers.haproxy._render import context as render_context
 from serf_handlers.handlers.haproxy._state import EMPTY
@@ -49,6 +50,16 @@ def test_stats_frontend_both_renderers_and_haproxy_check(tmp_path: Path, extra: 
     if extra:
         # The stats section sits between the http frontend and the backends.
         assert text.index("frontend http") < text.index("frontend stats") < text.index("\nbackend ")
+
+
+def test_the_stats_record_is_built_once_from_the_vars(tmp_path: Path) -> None:
+    assert handler(tmp_path).options.stats is None
+    stats = handler(tmp_path, **STATS, **AUTH, **LUA).options.stats
+    assert stats == Stats("127.0.0.1:18404", "ops:s3cr:et!", LUA["stats_metrics_file"], LUA["stats_lua"])
+    # Without `stats_lua`, the package's own metrics.lua, as the template context has it.
+    default = handler(tmp_path, **STATS, stats_metrics_file="/x.prom").options
+    assert default.stats is not None and default.stats.lua == render_context(default, {})["stats_lua"]
+    assert Path(default.stats.lua).resolve() == METRICS_LUA.resolve()
 
 
 @pytest.mark.parametrize(

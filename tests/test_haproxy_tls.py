@@ -15,6 +15,7 @@ from serf_handlers.errors import ConfigError
 from serf_handlers.events import Member
 from serf_handlers.handlers.haproxy import HAProxyHandler, _builtin, _certs
 from serf_handlers.handlers.haproxy._jinja import BUILTIN_TEMPLATE, render
+from serf_handlers.handlers.haproxy._options import Tls
 from serf_handlers.handlers.haproxy._plan import wanted_from_members
 from serf_handlers.handlers.haproxy._render import context as render_context
 from serf_handlers.handlers.haproxy._state import EMPTY
@@ -112,6 +113,11 @@ def test_tls_vars_are_normalised() -> None:
     v = HAProxyHandler(vars={"tls_bind": "*:8443", "tls_certs": "/etc/certs/", "https_redirect": True, "hsts": True})
     assert v.options.vars["tls_certs"] == "/etc/certs"
     assert v.options.vars["https_redirect"] == 8443 and v.options.vars["hsts"] == 63072000
+    # The typed record the code reads, built once from the same values.
+    assert v.options.tls == Tls("*:8443", "/etc/certs", None, 8443, 63072000)
+    plain = HAProxyHandler(vars={"tls_bind": "*:443", "tls_certs": "/c", "tls_default_cert": "a.pem"}).options.tls
+    assert plain == Tls("*:443", "/c", "a.pem", None, None)
+    assert HAProxyHandler().options.tls is None
 
 
 # --- the certificate checks ---------------------------------------------------------------------

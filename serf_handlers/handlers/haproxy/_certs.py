@@ -363,11 +363,11 @@ def refresh(options: Options) -> list[str]:
     interleaves with a membership change. Returns what it did, one line each."""
     from ..._files import Lock
 
-    directory = options.vars.get("tls_certs")
-    if not directory:
+    if options.tls is None:
         raise ConfigError("vars.tls_certs: not set (this handler terminates no TLS)")
+    directory = options.tls.certs
     with Lock(f"{options.state}.lock"):
-        certs = check(directory, options.vars.get("tls_default_cert"))
+        certs = check(directory, options.tls.default_cert)
         expiry_gauge(certs)
         for notice in expiry_notices(certs):
             _log.warning(f"haproxy: {notice}")

@@ -16,7 +16,7 @@ from ...errors import ConfigError, HandlerError
 from ...events import MEMBER_EVENTS, MemberEvent, Query
 from . import _state
 from ._execute import converge, session
-from ._options import Options, parse
+from ._options import OPTIONS, parse
 from ._plan import wanted_after_event, wanted_from_members
 
 if TYPE_CHECKING:
@@ -79,9 +79,10 @@ class HAProxyHandler:
         return self.options.query
 
     def __init__(self, **options: object) -> None:
-        unknown = sorted(set(options) - set(Options._fields))
+        names = [option.name for option in OPTIONS]
+        unknown = sorted(set(options) - set(names))
         if unknown:
-            raise ConfigError(f"{', '.join(unknown)}: unknown option(s) (expected {', '.join(Options._fields)})")
+            raise ConfigError(f"{', '.join(unknown)}: unknown option(s) (expected {', '.join(names)})")
         self.options = parse(**options)
         self.default_events: tuple[str, ...] = (*MEMBER_EVENTS, f"query:{self.options.query}")
         self._lock_path = f"{self.options.state}.lock"
@@ -135,17 +136,17 @@ class HAProxyHandler:
     def self_check(self) -> tuple[list[str], list[str]]:
         """`serf-handle check`: the TLS certificates (a refused one raises CertError; an
         expiring one is a problem: HAProxy still serves it, but the operator must renew it)."""
-        directory = self.options.vars.get("tls_certs")
-        if not directory:
+        tls = self.options.tls
+        if tls is None:
             return [], []
         from ._certs import check, expiry_notices, summary
 
-        certs = check(directory, self.options.vars.get("tls_default_cert"))
-        return [summary(directory, certs)], [f"renew the certificate: {notice}" for notice in expiry_notices(certs)]
+        certs = check(tls.certs, tls.default_cert)
+        return [summary(tls.certs, certs)], [f"renew the certificate: {notice}" for notice in expiry_notices(certs)]
 
     def refresh_certificates(self) -> list[str] | None:
         """`serf-handle certs`: make HAProxy serve the certificate files as they are now."""
-        if not self.options.vars.get("tls_certs"):
+        if self.options.tls is None:
             return None
         from ._certs import refresh
 
@@ -162,10 +163,10 @@ class HAProxyHandler:
 
             live = Runtime(self.options.socket).live()
         text, differs = table(state, self.options.backend, live)
-        if self.options.vars.get("tls_certs"):
+        if self.options.tls is not None:
             from ._certs import status as tls_status
 
-            tls, refused = tls_status(self.options.vars["tls_certs"], self.options.vars.get("tls_default_cert"))
+            tls, refused = tls_status(self.options.tls.certs, self.options.tls.default_cert)
             text, differs = text + tls, differs or refused
         return Drift(text) if differs else text
 

@@ -16,7 +16,11 @@ from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Callable, Mapping, Sequence
+
+    from ._servers import Server
+
+    Render = Callable[[Mapping[str, Server]], str]
 
 CHECK_TIMEOUT = 30.0  # seconds; `haproxy -c` takes 0.5 s with 10,000 servers
 RELOAD_TIMEOUT = 15.0
@@ -74,6 +78,40 @@ def validate(haproxy: str, path: str) -> None:
         raise ValidationError(f"`haproxy -c` did not finish within {CHECK_TIMEOUT:g} s; config not installed") from None
     if returncode != 0:
         raise ValidationError(f"haproxy rejected the new config, old config kept: {_alerts(output)}")
+
+
+def culprits(
+    before: Mapping[str, Server], wanted: Mapping[str, Server], render: Render, haproxy: str, probe: str
+) -> dict[str, str]:
+    """After `haproxy -c` refused the config for `wanted`: the members whose server alone makes
+    it reject a config that is valid without them (node -> why), each tried on its own beside
+    the servers that did not change since `before`, in a candidate at `probe`. Empty when the
+    config is rejected without any of them (the template, or something else, is at fault)."""
+    changed = sorted(node for node, server in wanted.items() if before.get(node) != server)
+    base = {node: s for node, s in wanted.items() if node not in changed}
+
+    def rejects(servers: Mapping[str, Server]) -> str | None:
+        try:
+            write_atomic(probe, render(servers).encode("utf-8"), 0o600)
+            validate(haproxy, probe)
+        except ValidationError as exc:
+            return str(exc)
+        finally:
+            try:
+                os.unlink(probe)
+            except FileNotFoundError:
+                pass
+        return None
+
+    if not changed or rejects(base) is not None:
+        return {}
+    found = {}
+    for node in changed:
+        why = rejects({**base, node: wanted[node]})
+        if why is not None:
+            server = wanted[node]
+            found[node] = f"member {node!r} (tags {dict(server.tags)}): {why}"
+    return found
 
 
 def _alerts(output: bytes) -> str:

@@ -21,6 +21,45 @@ ON_FAILED = ("remove", "maint")
 HSTS_MAX_AGE = 63072000  # `vars.hsts: true`: two years, as Mozilla's generator sets it
 # Template variables the handler itself provides; `vars` may not shadow them.
 RESERVED_VARS = frozenset({"backends", "servers", "default_backend", "check_path", "check_options", "tcp_services"})
+# The Lua service that serves the handler's metrics file (`vars.stats_lua` by default; templates/metrics.lua).
+METRICS_LUA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "templates", "metrics.lua")
+
+
+class Tls(NamedTuple):
+    """TLS termination (`vars.tls_*`), as validated (`_tls_vars`)."""
+
+    bind: str  # tls_bind: the HTTPS address(es), e.g. "*:443"
+    certs: str  # tls_certs: the certificate directory, without a trailing '/'
+    default_cert: str | None  # tls_default_cert: a file name in `certs`, for clients without SNI
+    https_redirect: int | None  # the HTTPS port plain HTTP is redirected to; None: no redirect
+    hsts: int | None  # the Strict-Transport-Security max-age in seconds; None: no header
+
+
+class Stats(NamedTuple):
+    """The stats frontend (`vars.stats_*`), as validated (`_stats_vars`)."""
+
+    bind: str  # stats_bind: its address
+    auth: str | None  # stats_auth: "user:password" for basic auth (never put in a message)
+    metrics_file: str | None  # stats_metrics_file: the handler's metrics file, served by `lua`
+    lua: str  # stats_lua: the Lua service that serves it
+
+
+def tls_settings(vars: Mapping[str, Any]) -> Tls | None:
+    """The TLS record of validated `vars` (or of a template context, which holds them)."""
+    if not vars.get("tls_bind"):
+        return None
+    return Tls(str(vars["tls_bind"]), str(vars["tls_certs"]), vars.get("tls_default_cert") or None,
+               vars.get("https_redirect") or None, vars.get("hsts") or None)
+
+
+def stats_settings(vars: Mapping[str, Any]) -> Stats | None:
+    """The stats record of validated `vars` (or of a template context, which holds them)."""
+    if not vars.get("stats_bind"):
+        return None
+    return Stats(str(vars["stats_bind"]), vars.get("stats_auth") or None, vars.get("stats_metrics_file") or None,
+                 str(vars.get("stats_lua") or METRICS_LUA))
+
+
 
 
 class Options(NamedTuple):
@@ -30,6 +69,8 @@ class Options(NamedTuple):
     config: str
     template: str | None  # None: the built-in template
     vars: Mapping[str, Any]
+    tls: Tls | None  # from vars.tls_* (None: no TLS termination)
+    stats: Stats | None  # from vars.stats_* (None: no stats frontend)
     state: str
     check: bool
     haproxy: str
@@ -115,6 +156,8 @@ OPTIONS = (
 def parse(**options: object) -> Options:
     """The options, checked one by one from `OPTIONS`, then together."""
     values = parse_table(OPTIONS, {key: value for key, value in options.items() if key != "tcp"})
+    vars: Mapping[str, Any] = values["vars"]  # type: ignore[assignment]
+    values["tls"], values["stats"] = tls_settings(vars), stats_settings(vars)
     values["tcp"] = _tcp(options.get("tcp"), str(values["backend"]))
     if values["socket"] is not None:
         _socket(values["socket"], values["reload"])  # type: ignore[arg-type]

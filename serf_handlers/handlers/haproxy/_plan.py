@@ -2,17 +2,22 @@
 installed config. No files, sockets or processes here; `_execute` carries a plan out.
 
 - `wanted_after_event` / `wanted_from_members`: the servers HAProxy should have;
-- `make_plan`: the config text to install (if it changed), the runtime-API change, or the
-  reason a reload is needed instead, and the states to save on the way (see `_execute`
-  for the order and why);
+- `make_plan`: the steps of one run, in order (`Step`, `Plan`): the states to save, the
+  config text to install (if it changed), the runtime-API change or the reason a reload is
+  needed instead, and what to do when a step fails. Every choice (a reload instead of many
+  runtime commands, what follows a refusal, the file to put back) is made here; `_execute`
+  walks the steps and writes down their order and why (the crash-safety protocol);
 - `live_only`: when the config cannot be installed for a reason that is no member's, the
-  part of the change the runtime API can still make, with the config file left behind.
+  part of the change the runtime API can still make, with the config file left behind;
+- `without_culprits`: the membership again without the members HAProxy refused, to be
+  planned anew.
 """
 
 from __future__ import annotations
 
 from ..._typing import TYPE_CHECKING, NamedTuple
-from ._servers import Key, Rejected, Server, from_member
+from ._render import health_checks
+from ._servers import Key, Rejected, Server, from_member, with_ids
 from ._state import Behind, State, from_live
 
 if TYPE_CHECKING:
@@ -232,25 +237,76 @@ def as_servers(live: Mapping[Key, LiveServer], old: State, wanted: Mapping[str, 
 
 # --- one run ---------------------------------------------------------------------------
 
+# The kinds of step, in the order a plan lists them (`Plan.steps`; `_execute` walks them and
+# writes down the crash-safety protocol). SAVE, INSTALL and RELOAD mean what the pipeline's
+# steps of those names mean (serf_handlers/pipeline/_plan.py); they are spelled again here,
+# not imported: importing the pipeline package would cost every haproxy event ~1.6 ms.
+DRAIN_EARLY = "drain early"  # start draining `drain`, so that the drain overlaps `haproxy -c`
+SAVE = "save"  # save `state` (`why`: INTENT or DONE)
+INSTALL = "install"  # `text`: `haproxy -c` on a candidate, then an atomic rename
+RELOAD_INSTEAD = "reload instead"  # a reload (`why`) makes `change`; if the reload fails, the runtime API does
+RUNTIME = "runtime"  # send `change` to the admin socket; if HAProxy refuses it or is silent: `if_fails`
+RELOAD = "reload"  # save HAProxy's server state, then run the reload command (`why`: the reason)
+NO_RELOAD = "no reload"  # a reload is due (`why`) but no reload command is configured: logged only
+INTENT, DONE = "intent", "done"  # which SAVE: before installing, or the run's last step
 
-# What a run does when the runtime API cannot make its change (`Plan.if_runtime_fails`):
-RELOAD = "reload"  # the change is the membership change: a reload makes it instead
+# What a run does when the runtime API cannot make its change (`Step.if_fails`):
+# RELOAD: the change is the membership change: a reload makes it instead
 WAIT = "wait"  # it only retries deferred deletions: they wait for the next run
 FAIL = "fail"  # the config file is behind (`live_only`): a reload would load old servers
 
 
+class Step(NamedTuple):
+    kind: str  # one of the kinds above
+    state: State | None = None  # SAVE: what to save (DONE: its `pending` is what the run leaves)
+    why: str = ""  # SAVE: INTENT or DONE; RELOAD_INSTEAD, RELOAD, NO_RELOAD: the reason, for the log
+    text: str = ""  # INSTALL: the config
+    drain: tuple[Server, ...] = ()  # DRAIN_EARLY: the servers that go
+    change: RuntimeChange = NO_CHANGE  # RUNTIME, RELOAD_INSTEAD: the runtime-API change
+    checks: str = ""  # RUNTIME, RELOAD_INSTEAD: added servers' health-check options, as on their config line
+    ids: Mapping[Key, int] = {}  # RUNTIME, RELOAD_INSTEAD: added servers' config-line `id`; never mutated
+    if_fails: str = ""  # RUNTIME, RELOAD_INSTEAD: RELOAD, WAIT or FAIL (above)
+
+
 class Plan(NamedTuple):
-    text: str | None  # the config to install; None: the installed file is already right
-    runtime: RuntimeChange  # what to send to the admin socket (NO_CHANGE: nothing)
-    reload: str | None  # why HAProxy must reload; None: no reload
-    if_runtime_fails: str  # RELOAD, WAIT or FAIL
-    intent: State | None  # saved before installing (see `_execute`)
-    rollback: State  # saved when installing or reloading fails
-    done: State  # saved at the end; its `pending` is replaced by what the run left pending
+    steps: tuple[Step, ...]  # in order; the last one saves DONE
+    rollback: State  # saved when a step fails
     before: Mapping[str, Server]  # what HAProxy had, for the log
-    installed: str | None = None  # the config file's text before the run (see `_execute.execute`)
-    error: str | None = None  # the run fails with this after saving `done` (`live_only`)
-    drain_early: tuple[Server, ...] = ()  # drained before installing, so the drain overlaps `haproxy -c`
+    put_back: str | None = None  # after a failed live change: the config file to put back (`_put_back`)
+    error: str | None = None  # the run fails with this after saving DONE (`live_only`)
+
+    def step(self, kind: str, why: str | None = None) -> Step | None:
+        """The first step of `kind` (and `why`), if the plan has one."""
+        return next((s for s in self.steps if s.kind == kind and why in (None, s.why)), None)
+
+    # Views of the steps, for the executor's log and for tests.
+    @property
+    def done(self) -> State:
+        step = self.step(SAVE, DONE)
+        assert step is not None and step.state is not None  # every plan ends with it
+        return step.state
+
+    @property
+    def intent(self) -> State | None:
+        step = self.step(SAVE, INTENT)
+        return None if step is None else step.state
+
+    @property
+    def text(self) -> str | None:
+        """The config to install; None: the installed file is already right."""
+        step = self.step(INSTALL)
+        return None if step is None else step.text
+
+    @property
+    def runtime(self) -> RuntimeChange:
+        step = self.step(RUNTIME) or self.step(RELOAD_INSTEAD)
+        return NO_CHANGE if step is None else step.change
+
+    @property
+    def reload(self) -> str | None:
+        """Why HAProxy must load the config (None: it need not)."""
+        step = self.step(RELOAD) or self.step(NO_RELOAD)
+        return None if step is None else step.why
 
 
 def make_plan(
@@ -271,17 +327,17 @@ def make_plan(
     """
     wanted = new.servers
     rollback = new._replace(applied=old.applied, pending=old.pending)
-    done = new._replace(applied=wanted, behind=None)
     applied = old.applied
     actual = applied if live is None else as_servers(live, old, wanted)
     pending = old.pending if live is None else tuple(key for key in old.pending if key in live)
+    done = Step(SAVE, new._replace(applied=wanted, behind=None, pending=pending), DONE)
     if not full and old.exists and applied == wanted and old.behind is None:
         # The record says HAProxy has what we want: a repeated or irrelevant event ends here,
         # retrying deferred deletions, unless HAProxy itself says otherwise (drift, or what a
         # failed run left behind): then it is repaired like any change.
         retry = NO_CHANGE if options.socket is None else runtime_change(actual or {}, wanted, pending)
         if not retry.repairs:
-            return Plan(None, retry, None, WAIT, None, rollback, done._replace(pending=pending), wanted)
+            return Plan((*_apply(retry, None, wanted, options, WAIT), done), rollback, wanted)
 
     text = render(wanted)
     if applied is None and not old.exists:
@@ -296,12 +352,52 @@ def make_plan(
     runtime = NO_CHANGE
     if options.socket is not None and reason is None and applied is not None:
         runtime = runtime_change(applied if live is None else actual or {}, wanted, pending)
-    before = (applied if live is None else actual) or {}
-    done = done._replace(pending=pending)
-    # Not when servers are also added: they go first (`Runtime.apply`), so capacity never dips.
+    install = _install(text, intent, runtime) if changed else []
+    steps = (*install, *_apply(runtime, reason, wanted, options, RELOAD), done)
+    put_back = _put_back(installed if changed else None, reason, options)
+    return Plan(steps, rollback, (applied if live is None else actual) or {}, put_back)
+
+
+def _put_back(replaced: str | None, reason: str | None, options: Options) -> str | None:
+    """The file to put back if the change fails in the runtime API (`replaced`: the one the
+    run replaces): only after a change of servers alone (no reload of its own). It again
+    says what HAProxy runs, and the next run finishes through the runtime API. Left in
+    place, the new file would read as an edit HAProxy has not loaded, and every later run
+    would demand a reload: under CPU starvation, a reload that keeps failing while the
+    runtime API would have worked."""
+    return replaced if reason is None and options.socket is not None else None
+
+
+def _install(text: str, intent: State | None, runtime: RuntimeChange) -> list[Step]:
+    """DRAIN_EARLY (not when servers are also added: they go first, `Runtime.apply`, so
+    capacity never dips), SAVE INTENT, INSTALL."""
     early = () if runtime.add else runtime.drain
-    return Plan(text if changed else None, runtime, reason, RELOAD, intent, rollback, done, before, installed, None,
-                early)
+    steps = [Step(DRAIN_EARLY, drain=early)] if early else []
+    if intent is not None:
+        steps.append(Step(SAVE, intent, INTENT))
+    return [*steps, Step(INSTALL, text=text)]
+
+
+def _apply(
+    change: RuntimeChange, reason: str | None, servers: Mapping[str, Server], options: Options, if_fails: str
+) -> list[Step]:
+    """How HAProxy gets the change: a reload for `reason`, else `change` through the runtime API
+    (`servers`: all of the new config's, for the added servers' ids and health checks)."""
+    if reason is not None:
+        return [Step(RELOAD if options.reload is not None else NO_RELOAD, why=reason)]
+    if not change:
+        return []
+    added = {s.key for s in change.add}
+    ids = {s.key: s.id for s in with_ids(servers).values() if s.key in added} if added else {}
+    step = Step(RUNTIME, change=change, checks=health_checks(options, servers), ids=ids, if_fails=if_fails)
+    if if_fails == RELOAD and change.size > options.reload_above:
+        # One hitless reload costs less than three runtime-API commands per server (HAProxy's
+        # cost per command grows with the backend: BENCHMARKS.md, section 8, times both). If
+        # it fails, the runtime API makes the change, so a reload that keeps failing (a starved
+        # machine) never blocks it.
+        why = f"{change.size} servers change: a reload costs less than the runtime API"
+        return [step._replace(kind=RELOAD_INSTEAD, why=why)]
+    return [step]
 
 
 def live_only(
@@ -323,7 +419,23 @@ def live_only(
     rollback = new._replace(applied=old.applied, pending=old.pending)
     done = new._replace(applied=reachable, pending=pending, behind=Behind(why, written))
     change = runtime_change(actual, reachable, pending)
-    return Plan(None, change, None, FAIL, None, rollback, done, actual, None, why)
+    steps = (*_apply(change, None, new.servers, options, FAIL), Step(SAVE, done, DONE))
+    return Plan(steps, rollback, actual, None, why)
+
+
+def without_culprits(old: State, new: State, culprits: Mapping[str, str]) -> State:
+    """After `haproxy -c` refused the config because of some members (`culprits`: node ->
+    why, `_install.culprits`): `new` with each of them back to what HAProxy had (or gone),
+    and remembered as skipped, to be planned again, so one member cannot block the others."""
+    before = old.applied or old.servers
+    servers = dict(new.servers)
+    skipped = dict(new.skipped)
+    for node, why in culprits.items():
+        server = servers.pop(node)
+        if node in before:
+            servers[node] = before[node]
+        skipped[node] = (fingerprint(server.addr, server.tags), why)
+    return new._replace(servers=servers, skipped=skipped)
 
 
 def _running(

@@ -7,14 +7,9 @@ than a Python start, and Serf starts a process per event); an operator's own tem
 
 from __future__ import annotations
 
-import os
-
 from ..._typing import TYPE_CHECKING
-from ._options import DEFAULT_SOCKET, server_state_file
+from ._options import DEFAULT_SOCKET, METRICS_LUA, server_state_file
 from ._servers import by_backend, check_interval, check_options, with_ids
-
-# The Lua service that serves the handler's metrics file (see templates/metrics.lua).
-METRICS_LUA = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(__file__))), "templates", "metrics.lua")
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -57,10 +52,10 @@ def health_checks(options: Options, servers: Mapping[str, Server]) -> str:
 def render(options: Options, servers: Mapping[str, Server]) -> str:
     """The whole haproxy.cfg for `servers`; raises a HandlerError naming a broken template, or
     (with `vars.tls_certs`) a certificate file HAProxy must not get: the config then stays as it is."""
-    if options.vars.get("tls_certs"):
+    if options.tls is not None:
         from ._certs import check
 
-        check(options.vars["tls_certs"], options.vars.get("tls_default_cert"))
+        check(options.tls.certs, options.tls.default_cert)
     if options.template is None:
         from . import _builtin
 

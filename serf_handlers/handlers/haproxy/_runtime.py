@@ -23,7 +23,7 @@ from ..._files import read_bytes, write_atomic
 from ..._typing import TYPE_CHECKING
 from ...errors import HandlerError
 from ._live import ADMIN_DRAIN, ADMIN_MAINT, parse, rows
-from ._servers import RUNTIME_OPTIONS, check_options
+from ._servers import RUNTIME_OPTIONS
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Mapping, Sequence
@@ -185,8 +185,6 @@ class Runtime:
         self.drain_seconds = drain_seconds
         self.drained: set[Key] = set()
         self.drained_at = 0.0  # time.monotonic() of the last drain
-        self.check_options = check_options(500)  # for added servers: as on their config line
-        self.ids: Mapping[Key, int] = {}  # for added servers: their config line's `id` (`with_ids`)
 
     def live(self) -> dict[Key, LiveServer] | None:
         """HAProxy's servers now; None when the socket does not answer (then the state
@@ -218,13 +216,14 @@ class Runtime:
             return
         self.drained.clear()
 
-    def apply(self, change: RuntimeChange) -> tuple[Key, ...]:
+    def apply(self, change: RuntimeChange, checks: str, ids: Mapping[Key, int]) -> tuple[Key, ...]:
         """Send `change`, each step as one batch; return the deletions HAProxy refused
-        (still pending). Raises Unexpressible when HAProxy refuses a change, Unavailable
-        when it does not answer. Servers are added before any is drained, so a run that
-        removes one and puts back others (failed members the partition rule keeps) never
-        leaves the backend with fewer servers in between."""
-        self._add(change.add)
+        (still pending). Added servers get `checks` (health-check options) and their `ids`,
+        as on their config line. Raises Unexpressible when HAProxy refuses a change,
+        Unavailable when it does not answer. Servers are added before any is drained, so a
+        run that removes one and puts back others (failed members the partition rule keeps)
+        never leaves the backend with fewer servers in between."""
+        self._add(change.add, checks, ids)
         late = [s for s in change.drain if s.key not in self.drained]
         self._expect([f"set server {s.path} state drain" for s in late], _done_or_gone)
         if late:
@@ -256,9 +255,9 @@ class Runtime:
                 pending.append(key)
         return tuple(pending)
 
-    def _add(self, servers: Sequence[Server]) -> None:
-        options = f"{self.check_options} {RUNTIME_OPTIONS}"
-        adds = [f"add server {s.path} {s.address} {self._id(s)}weight {s.weight} {options}" for s in servers]
+    def _add(self, servers: Sequence[Server], checks: str, ids: Mapping[Key, int]) -> None:
+        options = f"{checks} {RUNTIME_OPTIONS}"
+        adds = [f"add server {s.path} {s.address} {_id(ids, s)}weight {s.weight} {options}" for s in servers]
         then: list[tuple[str, Callable[[str], bool]]] = []
         for server, reply in zip(servers, self.client.batch(adds), strict=True):
             if reply.startswith("Already exists a server with the same name"):
@@ -274,10 +273,6 @@ class Runtime:
             if ok is _any and reply:
                 _log.warning("haproxy: enable health refused", command=command, reply=reply)
             _check(command, reply, ok)
-
-    def _id(self, server: Server) -> str:
-        sid = self.ids.get(server.key)
-        return f"id {sid} " if sid else ""
 
     def _expect(self, commands: Sequence[str], ok: Callable[[str], bool]) -> None:
         for command, reply in zip(commands, self.client.batch(commands), strict=True):
@@ -306,6 +301,11 @@ def save_server_state(path: str, servers: Mapping[str, Server], live: str | None
         write_atomic(path, filter_server_state(text, servers).encode("utf-8"), 0o644)
     except OSError as exc:
         _log.warning(f"haproxy: cannot write the server state file: {exc}", path=path)
+
+
+def _id(ids: Mapping[Key, int], server: Server) -> str:
+    sid = ids.get(server.key)
+    return f"id {sid} " if sid else ""
 
 
 def _done(reply: str) -> bool:
