@@ -209,11 +209,11 @@ def format_storm(r: dict[str, Any]) -> list[str]:
         "web agent (`weight`, through each agent's RPC `tags`), non-coalesced user events from `lb` (its RPC "
         "`event`), two joins and two graceful leaves.\n",
         "| events sent | tag changes | user events | joins | leaves | collapses logged | member records collapsed "
-        "| user events run | user events dropped (logged) | live = members after the storm |",
+        "| user events run | user events dropped (logged) | live = members, s after the storm |",
         "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
         f"| {sum(sent.values())} | {sent['tags']} | {sent['user']} | {sent['joins']} | {sent['leaves']} "
         f"| {c['lines']} | {c['member_records']} | {r['user_run']} | {c['user_dropped']} "
-        f"| {r['converged_after']:.1f} s |",
+        f"| {r['converged_after']:.1f} |",
         "",
         f"- After the storm HAProxy's live servers {'equal' if same else '**differ from**'} the alive web members, "
         f"names and weights ({len(r['live'])} servers; compared again {STABLE:g} s after they first matched); "
