@@ -10,13 +10,18 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from collections.abc import Sequence
 
 from support.processes import get
 
 
 class Load:
-    def __init__(self, port: int, rate: float = 50.0, limit: int = 20_000, seconds: float = 300.0) -> None:
+    def __init__(
+        self, port: int, rate: float = 50.0, limit: int = 20_000, seconds: float = 300.0,
+        targets: Sequence[tuple[str | None, str]] = ((None, "/"),),
+    ) -> None:
         self.port = port
+        self.targets = targets  # (Host header, path) of each request in turn
         self.interval = 1.0 / rate
         self.limit = limit
         self.seconds = seconds
@@ -46,10 +51,11 @@ class Load:
     def _run(self) -> None:
         deadline = self.started + self.seconds
         next_at = self.started
-        for _ in range(self.limit):
+        for i in range(self.limit):
             if self._stop.is_set() or time.monotonic() > deadline:
                 return
-            status, body = get(self.port)
+            host, path = self.targets[i % len(self.targets)]
+            status, body = get(self.port, host, path=path)
             if status == 200:
                 self.ok += 1
                 self.seen[body] += 1

@@ -291,6 +291,13 @@ def haproxy_options() -> frozenset[str]:
     return frozenset(option.name for option in _options.OPTIONS)
 
 
+def service_settings() -> frozenset[str]:
+    """The settings of a haproxy `backends` entry."""
+    from serf_handlers.handlers.haproxy._routes import Service
+
+    return frozenset(Service._fields)
+
+
 @cache
 def template_vars() -> frozenset[str]:
     """The variables the built-in template reads, but those the handler itself provides."""
@@ -398,7 +405,7 @@ def problem(ref: Ref) -> str | None:
         return None if ref.text in template_vars() else f"vars.{ref.text}: the built-in template has no such variable"
     if ref.kind == "key":
         keys = _config_keys()
-        known = keys | {k.rsplit(".", 1)[-1] for k in keys} | haproxy_options() | template_vars()
+        known = keys | {k.rsplit(".", 1)[-1] for k in keys} | haproxy_options() | service_settings() | template_vars()
         return None if ref.text in known else f"{ref.text}: no config key, option or variable"
     if ref.kind == "link":
         return _check_link(ref.doc, ref.text)

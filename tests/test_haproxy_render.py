@@ -199,15 +199,29 @@ _members = st.lists(
 )
 
 
+# Every per-service setting, so both renderers are compared on each of them.
+_SERVICES = {
+    "shop": {"hosts": ["shop.example.com", "*.shop.example.com"], "sticky": True, "slowstart": "10s", "maxconn": 50},
+    "static": {"paths": ["/static", "/img.v2"], "strip_path": True, "balance": "leastconn", "timeout_server": "5s"},
+    "x": {"check_path": "/up"},
+}
+
+
 @settings(max_examples=200, deadline=None)
 @given(
     members=_members,
     backend=st.sampled_from(["web", "app", "api"]),
     bind=st.sampled_from(["*:80", ":::80 v4v6"]),
     identity=st.sampled_from([{}, {"user": "haproxy"}, {"user": "haproxy", "group": "haproxy"}, {"group": "nogroup"}]),
+    services=st.sampled_from([None, _SERVICES]),
 )
-def test_builtin_renderer_equals_the_jinja_template(members, backend: str, bind: str, identity: dict[str, str]) -> None:
-    h = HAProxyHandler(config="/etc/haproxy/haproxy.cfg", backend=backend, vars={"bind": bind, "extra": 1, **identity})
+def test_builtin_renderer_equals_the_jinja_template(
+    members, backend: str, bind: str, identity: dict[str, str], services: dict[str, object] | None
+) -> None:
+    h = HAProxyHandler(
+        config="/etc/haproxy/haproxy.cfg", backend=backend, vars={"bind": bind, "extra": 1, **identity},
+        backends=services, check_path="/healthz" if services else None,
+    )
     servers = {}
     for name, addr, tags, maint in members:
         try:

@@ -17,6 +17,8 @@
 #   LB_STATS_AUTH         optional "user:password" for those (basic auth)
 #   LB_TLS_CERTS          a mounted directory of PEM files: HTTPS on LB_HTTPS_PORT (443);
 #                         LB_HTTPS_REDIRECT=true redirects plain HTTP there
+#   LB_ROUTES_FROM_TAGS   true: web nodes' `host` and `path` tags route requests to their
+#                         `backend` tag's backend (default false)
 #   SERF_HANDLERS_CONFIG  handler config (default /etc/serf-handlers/config.yml, which
 #                         this script writes; point it elsewhere to use your own file)
 # The SERF_* variables are read by /usr/local/bin/serf-agent.
@@ -69,6 +71,12 @@ if [[ -n ${LB_TLS_CERTS:-} ]]; then
     esac
 fi
 
+case ${LB_ROUTES_FROM_TAGS:-false} in
+    true | yes | 1) routes_from_tags=true ;;
+    false | no | 0 | "") routes_from_tags=false ;;
+    *) die "LB_ROUTES_FROM_TAGS must be true or false, got '$LB_ROUTES_FROM_TAGS'" ;;
+esac
+
 # How events reach the handlers. The agent reads /etc/serf at every start: the event
 # handler's file is there in handler mode only, so a slow handler never delays the RPC
 # stream in watch mode (Serf feeds its scripts and its streams from one goroutine).
@@ -87,7 +95,7 @@ export LB_MODE
 
 if [[ $config == "$default_config" ]]; then
     tmp=$(mktemp /etc/serf-handlers/.config.yml.XXXXXX)
-    text=$(sed "s/@LB_PORT@/$port/g" /usr/local/share/serf-handlers/config.yml.in)
+    text=$(sed "s/@LB_PORT@/$port/g; s/@LB_ROUTES_FROM_TAGS@/$routes_from_tags/g" /usr/local/share/serf-handlers/config.yml.in)
     if [[ $LB_MODE == watch ]] && ((10#$interval > 0)); then
         # The watcher's own periodic reconcile (the image's reconcile loop then only renews certificates).
         text+=$'\n'"reconcile_interval: $((10#$interval))s"

@@ -70,15 +70,16 @@ def render(context: Mapping[str, object]) -> str:
             tls_frontend=_tls_frontend(tls) if tls else "",
         )
     ]
-    for name in backends:
-        if name != default_backend:
-            parts.append(f"    use_backend {name} if {{ req.hdr(host),field(1,:),lower -m str {name.lower()} }}\n")
+    parts.extend(f"    {line}\n" for line in context["routing_lines"])  # type: ignore[attr-defined]
+    for name in context["name_routed"]:  # type: ignore[attr-defined]
+        parts.append(f"    use_backend {name} if {{ req.hdr(host),field(1,:),lower -m str {name.lower()} }}\n")
     parts.append(f"    default_backend {default_backend}\n")
     if stats:
         parts.append(_stats(stats))
-    check = f"    option httpchk GET {context['check_path']}\n" if context["check_path"] else ""
+    settings: Mapping[str, Sequence[str]] = context["backend_lines"]  # type: ignore[assignment]
     for name, members in backends.items():
-        parts.append(f"\nbackend {name}\n{check}")
+        parts.append(f"\nbackend {name}\n")
+        parts.extend(f"    {line}\n" for line in settings[name])
         parts.extend(_server_lines(members, context))
     tcp: Sequence[tuple[str, str, Sequence[Server]]] = context["tcp_services"]  # type: ignore[assignment]
     for name, bind, members in tcp:
@@ -93,7 +94,12 @@ def render(context: Mapping[str, object]) -> str:
 
 def _server_lines(servers: Sequence[Server], context: Mapping[str, object]) -> list[str]:
     checks = context["check_options"]
-    return [f"    server {s.name} {s.address} {s.options} {checks}{' disabled' if s.maint else ''}\n" for s in servers]
+    extras: Mapping[str, str] = context["server_extras"]  # type: ignore[assignment]
+    return [
+        f"    server {s.name} {s.address} {s.options}{extras.get(s.path, '')} {checks}{disabled}\n"
+        for s in servers
+        for disabled in [" disabled" if s.maint else ""]
+    ]
 
 
 def _tls_frontend(tls: Tls) -> str:

@@ -254,7 +254,7 @@ def _runtime(step: Step, plan: Plan, options: Options, runtime: Runtime | None) 
 
     assert runtime is not None
     try:
-        pending = runtime.apply(step.change, step.checks, step.ids)
+        pending = runtime.apply(step.change, step.checks, step.ids, step.extras)
     except (Unexpressible, Unavailable) as exc:
         why = _refused(step, plan, runtime, exc)
         if why is not None:

@@ -8,7 +8,7 @@ skipped and named; the others still apply, and the run then fails (exit 1).
 
 from __future__ import annotations
 
-from ... import _log
+from ... import _log, _metrics
 from ..._files import Lock, read_bytes
 from ..._typing import TYPE_CHECKING
 from ...dispatch import Drift, reply_budget
@@ -18,13 +18,16 @@ from . import _state
 from ._execute import converge, session
 from ._options import OPTIONS, parse
 from ._plan import wanted_after_event, wanted_from_members
+from ._render import routing_maps
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping, Sequence
+    from collections.abc import Iterable, Mapping, Sequence
 
     from ...dispatch import Reply
     from ...events import Event, Member
+    from ._options import Options
     from ._plan import Wanted
+    from ._routes import Routes
     from ._runtime import Runtime
     from ._servers import Server
     from ._state import State
@@ -158,11 +161,12 @@ class HAProxyHandler:
 
         state = _state.load(self.options.state)
         live = None
-        if self.options.socket is not None:
-            from ._runtime import Runtime
-
-            live = Runtime(self.options.socket).live()
+        runtime = session(self.options)
+        if runtime is not None:
+            live = runtime.live()
         text, differs = table(state, self.options.backend, live)
+        if routing_maps(self.options):
+            text, differs = _with_routes(text, differs, self.options, state, runtime)
         if self.options.tls is not None:
             from ._certs import status as tls_status
 
@@ -186,7 +190,9 @@ class HAProxyHandler:
         from ._install import install
 
         with Lock(self._lock_path):
-            text = self._render(_state.load(o.state).servers)
+            servers = _state.load(o.state).servers
+            self._write_routes(servers.values())  # the config loads the maps
+            text = self._render(servers)
             if read_bytes(o.config) != text.encode("utf-8"):
                 install(o.config, text, o.check, o.haproxy, o.backup)
                 _log.info("haproxy: config installed (no reload)", config=o.config)
@@ -221,15 +227,63 @@ class HAProxyHandler:
             _log.debug("haproxy: member still skipped", node=node, why=wanted.skipped[node][1])
         for note in wanted.notes:
             _log.warning(f"haproxy: {note}")
-        rejected = converge(old, wanted.state(old), self.options, full, runtime)
+        new = wanted.state(old)
+        routes = self._write_routes(new.servers.values())
+        rejected = converge(old, new, self.options, full, runtime)
         for node, why in rejected:
             _log.error(f"haproxy: member skipped: {why}", node=node)
+        if routes is not None and runtime is not None:
+            _keep_routes_live(runtime, self.options, routes)
         return wanted.errors + rejected
+
+    def _write_routes(self, servers: Iterable[Server]) -> Routes | None:
+        """With routing by maps: the routes, their files written before the config is checked
+        (it loads them). A tag route two backends claim is refused: logged once, when new."""
+        if not routing_maps(self.options):
+            return None
+        from ._maps import prepare
+
+        routes, _written, refused = prepare(self.options, servers)
+        for line in refused:
+            _log.error(f"haproxy: tag route refused: {line}")
+        return routes
 
     def _render(self, servers: Mapping[str, Server]) -> str:
         from ._render import render
 
         return render(self.options, servers)
+
+
+def _with_routes(text: str, differs: bool, options: Options, state: State, runtime: Runtime | None) -> tuple[str, bool]:
+    """`status` with the routes, each checked against HAProxy's live maps."""
+    from ._maps import live, report
+    from ._routes import make_routes
+    from ._runtime import Unavailable
+
+    routes = make_routes(options.backends, state.servers.values(), options.routes_from_tags)
+    try:
+        have = None if runtime is None or runtime.client.down else live(runtime.client, options)
+    except Unavailable:
+        have = None
+    more, drift = report(routes, have)
+    return text + more, differs or drift
+
+
+def _keep_routes_live(runtime: Runtime, options: Options, routes: Routes) -> None:
+    """HAProxy's live maps equal to the routes. A failure is logged and counted; the servers'
+    change already happened, and the next run (or reconcile) tries again."""
+    from ._maps import keep_live
+    from ._runtime import Unavailable
+
+    try:
+        replaced = keep_live(runtime.client, options, routes)
+    except (Unavailable, HandlerError) as exc:
+        _metrics.inc(_metrics.P + "haproxy_route_update_failures_total")
+        _log.error(f"haproxy: routes not updated live: {exc}")
+        return
+    if replaced:
+        _metrics.inc(_metrics.P + "haproxy_route_updates_total", len(replaced))
+        _log.info("haproxy: routes changed through the runtime API", maps=",".join(replaced))
 
 
 def _raise_skipped(skipped: Sequence[tuple[str, str]]) -> None:

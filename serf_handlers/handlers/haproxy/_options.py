@@ -14,6 +14,8 @@ if TYPE_CHECKING:
     from collections.abc import Mapping
     from typing import Any, TypeGuard
 
+    from ._routes import Service
+
 DEFAULT_CONFIG = "/etc/haproxy/haproxy.cfg"
 DEFAULT_STATE = "/var/lib/serf-handlers/haproxy.json"
 DEFAULT_SOCKET = "/run/haproxy/admin.sock"
@@ -60,8 +62,6 @@ def stats_settings(vars: Mapping[str, Any]) -> Stats | None:
                  str(vars.get("stats_lua") or METRICS_LUA))
 
 
-
-
 class Options(NamedTuple):
     role: str
     port: int
@@ -85,6 +85,8 @@ class Options(NamedTuple):
     backup: bool  # keep the previous config as <config>.bak
     check_spread: int  # HAProxy's `spread-checks`: each check interval varies by up to this percent
     reload_above: int  # with `socket`: a change of more servers than this is one reload (it costs less)
+    backends: Mapping[str, Service]  # routes and settings per backend (`_routes`)
+    routes_from_tags: bool  # members' `host` and `path` tags add routes to their backend
 
 
 def _role(value: object) -> str:
@@ -150,15 +152,18 @@ OPTIONS = (
     Option("backup", "bool", False, False, lambda v: _flag(v, "backup")),
     Option("check_spread", "int", 5, False, lambda v: _check_spread(v)),
     Option("reload_above", "int", 250, False, lambda v: _reload_above(v)),
+    Option("backends", "mapping", None, False),  # checked in `parse`
+    Option("routes_from_tags", "bool", False, False, lambda v: _flag(v, "routes_from_tags")),
 )
 
 
 def parse(**options: object) -> Options:
     """The options, checked one by one from `OPTIONS`, then together."""
-    values = parse_table(OPTIONS, {key: value for key, value in options.items() if key != "tcp"})
+    values = parse_table(OPTIONS, {key: value for key, value in options.items() if key not in ("tcp", "backends")})
     vars: Mapping[str, Any] = values["vars"]  # type: ignore[assignment]
     values["tls"], values["stats"] = tls_settings(vars), stats_settings(vars)
     values["tcp"] = _tcp(options.get("tcp"), str(values["backend"]))
+    values["backends"] = _services(options.get("backends"), values["tcp"], values["tls"])  # type: ignore[arg-type]
     if values["socket"] is not None:
         _socket(values["socket"], values["reload"])  # type: ignore[arg-type]
     return Options(**values)  # type: ignore[arg-type]
@@ -202,6 +207,18 @@ def _tcp(value: object, http_backend: str) -> dict[str, str]:
         if not _is_line(bind):
             raise ConfigError(f"tcp.{name}: expected a listen address such as '*:6379', got {bind!r}")
     return dict(value)
+
+
+def _services(value: object, tcp: Mapping[str, str], tls: Tls | None) -> dict[str, Service]:
+    from ._routes import parse_services
+
+    services = parse_services(value, is_backend_name)
+    for name, service in services.items():
+        if name in tcp:
+            raise ConfigError(f"backends.{name}: also a TCP service (`tcp.{name}`)")
+        if service.https_redirect and tls is None:
+            raise ConfigError(f"backends.{name}.https_redirect: needs vars.tls_bind and vars.tls_certs (TLS)")
+    return services
 
 
 def _check_inter(value: object) -> int | None:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 from ..._typing import TYPE_CHECKING, NamedTuple
 from ._render import health_checks
+from ._routes import server_extras
 from ._servers import Key, Rejected, Server, from_member, with_ids
 from ._state import Behind, State, from_live
 
@@ -265,6 +266,7 @@ class Step(NamedTuple):
     change: RuntimeChange = NO_CHANGE  # RUNTIME, RELOAD_INSTEAD: the runtime-API change
     checks: str = ""  # RUNTIME, RELOAD_INSTEAD: added servers' health-check options, as on their config line
     ids: Mapping[Key, int] = {}  # RUNTIME, RELOAD_INSTEAD: added servers' config-line `id`; never mutated
+    extras: Mapping[Key, str] = {}  # RUNTIME, RELOAD_INSTEAD: what their service adds to the line (`_routes`)
     if_fails: str = ""  # RUNTIME, RELOAD_INSTEAD: RELOAD, WAIT or FAIL (above)
 
 
@@ -389,7 +391,9 @@ def _apply(
         return []
     added = {s.key for s in change.add}
     ids = {s.key: s.id for s in with_ids(servers).values() if s.key in added} if added else {}
-    step = Step(RUNTIME, change=change, checks=health_checks(options, servers), ids=ids, if_fails=if_fails)
+    extras = {s.key: server_extras(options.backends.get(s.backend), s.name) for s in change.add}
+    step = Step(RUNTIME, change=change, checks=health_checks(options, servers), ids=ids, extras=extras,
+                if_fails=if_fails)
     if if_fails == RELOAD and change.size > options.reload_above:
         # One hitless reload costs less than three runtime-API commands per server (HAProxy's
         # cost per command grows with the backend: BENCHMARKS.md, section 8, times both). If
@@ -411,7 +415,7 @@ def live_only(
     None when nothing can be applied live: no socket, HAProxy silent, what it runs unknown."""
     if options.socket is None or live is None or old.applied is None:
         return None
-    backends = {options.backend, *options.tcp, *(s.backend for s in old.applied.values())}
+    backends = {options.backend, *options.tcp, *options.backends, *(s.backend for s in old.applied.values())}
     reachable = {node: s for node, s in new.servers.items() if s.backend in backends}
     actual = as_servers(live, old, reachable)
     pending = tuple(key for key in old.pending if key in live)
@@ -472,10 +476,22 @@ def _reload_reason(
     if installed != text and (written is None or installed != render(written)):
         # Someone changed the template or the file: HAProxy must load the whole config.
         return "the installed config was not the one HAProxy runs"
-    always = {options.backend, *options.tcp}  # in every config, with or without servers
+    always = {options.backend, *options.tcp, *options.backends}  # in every config, with or without servers
     old_backends = {*always, *(s.backend for s in applied.values())}
     new_backends = {*always, *(s.backend for s in wanted.values())}
     if old_backends != new_backends:
         added, removed = sorted(new_backends - old_backends), sorted(old_backends - new_backends)
         return f"backends added {added} or removed {removed}"
+    sticky = sorted(_sticky_joins(applied, wanted, options))
+    if sticky:
+        # HAProxy 2.6 refuses `cookie` on `add server` ("not accepted for dynamic server"):
+        # a server joins a sticky backend by a (hitless) reload. Leaves and updates stay live.
+        return f"servers join sticky backend(s) {sticky}: HAProxy 2.6 adds no server with a cookie live"
     return None
+
+
+def _sticky_joins(applied: Mapping[str, Server], wanted: Mapping[str, Server], options: Options) -> set[str]:
+    """The sticky backends (`backends.<name>.sticky`) that `wanted` adds a server to."""
+    sticky = {name for name, service in options.backends.items() if service.sticky}
+    before = {s.key for s in applied.values()}
+    return {s.backend for s in wanted.values() if s.backend in sticky and s.key not in before}

@@ -216,14 +216,17 @@ class Runtime:
             return
         self.drained.clear()
 
-    def apply(self, change: RuntimeChange, checks: str, ids: Mapping[Key, int]) -> tuple[Key, ...]:
+    def apply(
+        self, change: RuntimeChange, checks: str, ids: Mapping[Key, int], extras: Mapping[Key, str] | None = None
+    ) -> tuple[Key, ...]:
         """Send `change`, each step as one batch; return the deletions HAProxy refused
-        (still pending). Added servers get `checks` (health-check options) and their `ids`,
+        (still pending). Added servers get `checks` (health-check options), their `ids` and
+        `extras` (their service's cookie, slowstart, maxconn),
         as on their config line. Raises Unexpressible when HAProxy refuses a change,
         Unavailable when it does not answer. Servers are added before any is drained, so a
         run that removes one and puts back others (failed members the partition rule keeps)
         never leaves the backend with fewer servers in between."""
-        self._add(change.add, checks, ids)
+        self._add(change.add, checks, ids, extras or {})
         late = [s for s in change.drain if s.key not in self.drained]
         self._expect([f"set server {s.path} state drain" for s in late], _done_or_gone)
         if late:
@@ -255,9 +258,12 @@ class Runtime:
                 pending.append(key)
         return tuple(pending)
 
-    def _add(self, servers: Sequence[Server], checks: str, ids: Mapping[Key, int]) -> None:
+    def _add(self, servers: Sequence[Server], checks: str, ids: Mapping[Key, int], extras: Mapping[Key, str]) -> None:
         options = f"{checks} {RUNTIME_OPTIONS}"
-        adds = [f"add server {s.path} {s.address} {_id(ids, s)}weight {s.weight} {options}" for s in servers]
+        adds = [
+            f"add server {s.path} {s.address} {_id(ids, s)}weight {s.weight}{extras.get(s.key, '')} {options}"
+            for s in servers
+        ]
         then: list[tuple[str, Callable[[str], bool]]] = []
         for server, reply in zip(servers, self.client.batch(adds), strict=True):
             if reply.startswith("Already exists a server with the same name"):

@@ -16,7 +16,7 @@ from ...events import parse_addr
 Key = tuple[str, str]  # (backend, server): a server as HAProxy names it
 
 if TYPE_CHECKING:
-    from collections.abc import Mapping
+    from collections.abc import Iterable, Mapping
     from typing import Any, TypeGuard
 
 SAFE_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
@@ -133,9 +133,11 @@ def node_id(node: str) -> int:
     return value % 0x7FFFFFFF + 1
 
 
-def by_backend(servers: Mapping[str, Server], default_backend: str) -> dict[str, list[Server]]:
-    """Backend name -> its servers sorted by name; the default backend is always there."""
-    backends: dict[str, list[Server]] = {default_backend: []}
+def by_backend(
+    servers: Mapping[str, Server], default_backend: str, always: Iterable[str] = ()
+) -> dict[str, list[Server]]:
+    """Backend name -> its servers sorted by name; the default backend and `always` are always there."""
+    backends: dict[str, list[Server]] = {default_backend: [], **{name: [] for name in always}}
     for server in sorted(servers.values(), key=lambda s: (s.backend, s.name)):
         backends.setdefault(server.backend, []).append(server)
     return dict(sorted(backends.items()))
