@@ -92,9 +92,10 @@ def container_logs(containers: list[str], tail: int = 60) -> str:
 # ---------------------------------------------------------------- HTTP
 
 
-def fetch(url: str, timeout: float = 3) -> str:
-    """The node that answered, or raises."""
-    with urllib.request.urlopen(url, timeout=timeout) as response:
+def fetch(url: str, timeout: float = 3, host: str | None = None) -> str:
+    """The node that answered (`host`: the Host header to send), or raises."""
+    request = urllib.request.Request(url, headers={"Host": host} if host else {})
+    with urllib.request.urlopen(request, timeout=timeout) as response:
         body = response.read().decode()
     match = NODE_RE.search(body)
     if response.status != 200 or match is None:
@@ -102,23 +103,25 @@ def fetch(url: str, timeout: float = 3) -> str:
     return match.group(1)
 
 
-def seen_nodes(url: str, requests: int) -> tuple[set[str], list[str]]:
+def seen_nodes(url: str, requests: int, host: str | None = None) -> tuple[set[str], list[str]]:
     seen: set[str] = set()
     errors: list[str] = []
     for _ in range(requests):
         try:
-            seen.add(fetch(url))
+            seen.add(fetch(url, host=host))
         except (OSError, AssertionError) as exc:
             errors.append(repr(exc))
     return seen, errors
 
 
-def wait_for_rotation(url: str, expected: set[str], timeout: float, logs: Callable[[], str]) -> None:
-    """Until a run of requests succeeds and reaches exactly `expected`."""
+def wait_for_rotation(
+    url: str, expected: set[str], timeout: float, logs: Callable[[], str], host: str | None = None
+) -> None:
+    """Until a run of requests (with `host` as their Host header) succeeds and reaches exactly `expected`."""
     last: list[tuple[set[str], list[str]]] = []
 
     def converged() -> bool:
-        seen, errors = seen_nodes(url, 4 * len(expected) + 4)
+        seen, errors = seen_nodes(url, 4 * len(expected) + 4, host)
         last[:] = [(seen, errors)]
         return seen == expected and not errors
 

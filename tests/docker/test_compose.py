@@ -5,6 +5,7 @@
     docker-compose up -d --scale web=1             # under load: 0 failed requests; each
                                                    # removed node logged that the load
                                                    # balancer had drained it before it left
+    docker-compose --profile services up -d api    # a second service, reached by host name
     docker-compose down                            # nothing it created is left
 
 The images build from the local debian:bookworm-slim (conftest.py makes it when there is
@@ -82,6 +83,23 @@ def test_scaling_down_to_one_under_load_fails_no_request(compose: Compose, tmp_p
     status = {m["name"]: m["status"] for m in json.loads(out)["members"] or []}
     assert {status.get(node) for node in gone} <= {"left", "failed"}, status
     wait_for_rotation(compose.url, after, timeout=10, logs=compose.logs)
+
+
+def test_a_second_service_is_reached_by_its_host_name(compose: Compose) -> None:
+    """The `services` profile's `api` node tags itself backend=api,host=api.localhost: the load
+    balancer routes that host to it (a route in HAProxy's host map), the rest to `web`."""
+    started = time.monotonic()
+    compose("--profile", "services", "up", "-d", "api", timeout=300)
+    api = compose.hostnames("api")
+    assert len(api) == 1
+    wait_for_rotation(compose.url, api, timeout=60, logs=compose.logs, host="api.localhost")
+    print(f"api.localhost routed to {sorted(api)} {time.monotonic() - started:.1f} s after `up`")
+    wait_for_rotation(compose.url, compose.hostnames("web"), timeout=10, logs=compose.logs)
+    lb = compose.containers("lb")[0]
+    hosts_map = run("docker", "exec", lb, "cat", "/etc/haproxy/maps/hosts.map").stdout
+    assert "api.localhost/ api" in hosts_map, hosts_map
+    # `down` without the profile would leave its containers behind.
+    compose("--profile", "services", "rm", "--stop", "--force", "api", timeout=120)
 
 
 def test_down_removes_everything_it_created(compose: Compose) -> None:
