@@ -485,3 +485,30 @@ def test_the_first_run_after_the_fix_installs_the_file_without_a_reload() -> Non
     # A file changed otherwise (not what the record says it renders) still reloads.
     edited = make_plan(behind, behind, "edited by hand\n", fake_render, LIVE, live=live(A, B))
     assert edited.reload == "the installed config was not the one HAProxy runs"
+
+
+_LINE = "    server web1 10.0.0.1:80 id 7 weight {w} check inter 500ms fall 1 rise 1{d}"
+
+
+@pytest.mark.parametrize(
+    ("before", "after", "trivial"),
+    [
+        pytest.param(_LINE.format(w=1, d=""), _LINE.format(w=3, d=""), True, id="weight"),
+        pytest.param(_LINE.format(w=1, d=""), _LINE.format(w=1, d=" disabled"), True, id="maintenance"),
+        pytest.param(_LINE.format(w=2, d=" disabled"), _LINE.format(w=0, d=""), True, id="weight and state"),
+        pytest.param(_LINE.format(w=1, d=""), _LINE.format(w=1, d="").replace("10.0.0.1", "10.0.0.2"), False,
+                     id="address"),
+        pytest.param(_LINE.format(w=1, d=""), _LINE.format(w=1, d="").replace("web1", "web2"), False, id="name"),
+        pytest.param(_LINE.format(w=1, d=""), _LINE.format(w=1, d="") + "\n    server web2 10.0.0.2:80", False,
+                     id="a line more"),
+        pytest.param("    bind *:80", "    bind *:81", False, id="another line"),
+        pytest.param(_LINE.format(w=1, d=""), _LINE.format(w=1, d="").replace("weight 1", "weight x"), False,
+                     id="not a number"),
+        pytest.param(_LINE.format(w=1, d=""), _LINE.format(w=1, d=" backup"), False, id="another option"),
+    ],
+)
+def test_haproxy_c_is_skipped_only_for_weights_and_states(before: str, after: str, trivial: bool) -> None:
+    from serf_handlers.handlers.haproxy._plan import only_weights_and_states
+
+    head = "global\n    maxconn 10\nbackend web\n"
+    assert only_weights_and_states(head + before, head + after) is trivial

@@ -13,9 +13,10 @@ place. One run holds the state lock (`<state>.lock`) throughout and does, in thi
 3. SAVE INTENT, only when there was no state file: it records what HAProxy is known to run
    (usually "unknown"). Without it, a run killed between 4 and 6 would leave an installed
    file that the next run takes for what HAProxy runs.
-4. INSTALL the new config, if its text changed: `haproxy -c` on a candidate, then an
-   atomic rename. A refused or unwritable config leaves the old file byte-identical; the
-   early drains are undone: save ROLLBACK. When `haproxy -c` refuses it because of some
+4. INSTALL the new config, if its text changed: `haproxy -c` on a candidate (not when only
+   servers' weights and states changed: `_plan.only_weights_and_states`), then an atomic
+   rename. A refused or unwritable config leaves the old file byte-identical; the early
+   drains are undone: save ROLLBACK. When `haproxy -c` refuses it because of some
    members' values, those members are skipped (named once) and the run is planned again
    without them (`_plan.without_culprits`), so one member cannot block the others.
 5. RUNTIME: change HAProxy's servers through the runtime API (RELOAD_INSTEAD, for a change
@@ -52,6 +53,7 @@ from . import _state
 from ._install import CannotInstall, ValidationError
 from ._options import server_state_file
 from ._plan import (
+    BACKENDS_CHANGED,
     DONE,
     DRAIN_EARLY,
     FAIL,
@@ -199,7 +201,7 @@ def _step(
     elif step.kind == INSTALL:
         from ._install import install
 
-        install(options.config, step.text, options.check, options.haproxy, options.backup)
+        install(options.config, step.text, options.check and step.check, options.haproxy, options.backup)
         _log.info("haproxy: config installed", config=options.config, servers=len(plan.done.servers))
     elif step.kind == RELOAD_INSTEAD:
         return _reload_instead(step, plan, options, runtime)
@@ -306,6 +308,8 @@ def _reload(runtime: Runtime | None, plan: Plan, options: Options, reason: str) 
         _metrics.inc(_metrics.P + "haproxy_reload_failures_total")
         raise
     _metrics.inc(_metrics.P + "haproxy_reloads_total")
+    if reason.startswith(BACKENDS_CHANGED):
+        _metrics.inc(_metrics.P + "haproxy_backend_reloads_total")  # what routing by maps cannot spare
     _log.info("haproxy: reloaded", reason=reason)
     return ()
 

@@ -32,6 +32,10 @@ if TYPE_CHECKING:
 
 
 
+# The reload reason when backends come or go (counted apart: no map or runtime command spares it).
+BACKENDS_CHANGED = "backends added"
+
+
 # --- which servers HAProxy should have -------------------------------------------------
 
 
@@ -268,6 +272,7 @@ class Step(NamedTuple):
     ids: Mapping[Key, int] = {}  # RUNTIME, RELOAD_INSTEAD: added servers' config-line `id`; never mutated
     extras: Mapping[Key, str] = {}  # RUNTIME, RELOAD_INSTEAD: what their service adds to the line (`_routes`)
     if_fails: str = ""  # RUNTIME, RELOAD_INSTEAD: RELOAD, WAIT or FAIL (above)
+    check: bool = True  # INSTALL: `haproxy -c` first (False: `only_weights_and_states` differ)
 
 
 class Plan(NamedTuple):
@@ -354,7 +359,10 @@ def make_plan(
     runtime = NO_CHANGE
     if options.socket is not None and reason is None and applied is not None:
         runtime = runtime_change(applied if live is None else actual or {}, wanted, pending)
-    install = _install(text, intent, runtime) if changed else []
+    # A change of weights and states alone edits validated numbers and flags of a text HAProxy
+    # already accepted: `haproxy -c` (most of such a run's time) can prove nothing more.
+    check = not (reason is None and installed is not None and only_weights_and_states(installed, text))
+    install = _install(text, intent, runtime, check) if changed else []
     steps = (*install, *_apply(runtime, reason, wanted, options, RELOAD), done)
     put_back = _put_back(installed if changed else None, reason, options)
     return Plan(steps, rollback, (applied if live is None else actual) or {}, put_back)
@@ -370,14 +378,40 @@ def _put_back(replaced: str | None, reason: str | None, options: Options) -> str
     return replaced if reason is None and options.socket is not None else None
 
 
-def _install(text: str, intent: State | None, runtime: RuntimeChange) -> list[Step]:
+def _install(text: str, intent: State | None, runtime: RuntimeChange, check: bool) -> list[Step]:
     """DRAIN_EARLY (not when servers are also added: they go first, `Runtime.apply`, so
     capacity never dips), SAVE INTENT, INSTALL."""
     early = () if runtime.add else runtime.drain
     steps = [Step(DRAIN_EARLY, drain=early)] if early else []
     if intent is not None:
         steps.append(Step(SAVE, intent, INTENT))
-    return [*steps, Step(INSTALL, text=text)]
+    return [*steps, Step(INSTALL, text=text, check=check)]
+
+
+def only_weights_and_states(installed: str, text: str) -> bool:
+    """Whether `text` differs from `installed` only in `server` lines' `weight N` and trailing
+    ` disabled` (a member's weight and state tags: validated values). Read from the texts
+    themselves, so any template, and any other difference, gets the full check."""
+    before, after = installed.splitlines(), text.splitlines()
+    if len(before) != len(after):
+        return False
+    for a, b in zip(before, after, strict=True):
+        core = _server_line_core(a)
+        if a != b and (core is None or core != _server_line_core(b)):
+            return False
+    return True
+
+
+def _server_line_core(line: str) -> tuple[str, ...] | None:
+    """A `server` line's words without its weight and `disabled` (None: not a server line)."""
+    words = line.split()
+    if not words or words[0] != "server" or "weight" not in words[:-1]:
+        return None
+    at = words.index("weight")
+    if not words[at + 1].isdigit():
+        return None
+    kept = words[:at] + words[at + 2 :]
+    return tuple(kept[:-1] if kept[-1] == "disabled" else kept)
 
 
 def _apply(
@@ -481,7 +515,7 @@ def _reload_reason(
     new_backends = {*always, *(s.backend for s in wanted.values())}
     if old_backends != new_backends:
         added, removed = sorted(new_backends - old_backends), sorted(old_backends - new_backends)
-        return f"backends added {added} or removed {removed}"
+        return f"{BACKENDS_CHANGED} {added} or removed {removed}"
     sticky = sorted(_sticky_joins(applied, wanted, options))
     if sticky:
         # HAProxy 2.6 refuses `cookie` on `add server` ("not accepted for dynamic server"):
