@@ -258,19 +258,8 @@ class Dispatcher:
     def dispatch(self, event: Event) -> Outcome:
         """Run every matching handler; a failing one is logged and the others still run.
         Then the reloads they owe (protocols.ReloadSharer): each distinct argv once."""
-        failed: list[tuple[str, str]] = []
-        replies: list[bytes] = []
-        repliers: list[str] = []
         owed: list[tuple[str, OwedReload]] = []
-        for registration, seen in self.matching(event):
-            try:
-                reply = _sharing(registration, owed, lambda: registration.handler(seen))  # noqa: B023 - called now
-            except Exception as exc:  # noqa: BLE001 - one broken handler must not stop the rest
-                failed.append(_failure(registration.name, "failed", exc))
-                continue
-            if isinstance(event, Query) and reply is not None:
-                replies.append(reply.encode("utf-8") if isinstance(reply, str) else bytes(reply))
-                repliers.append(registration.name)
+        failed, replies, repliers = self._handlers(event, owed)
         failed += _reloads_failed(owed)
         reply = b"".join(replies)
         if isinstance(event, Query):
@@ -283,6 +272,32 @@ class Dispatcher:
                 _log.error(str(error))
                 return Outcome((*failed, (", ".join(repliers), str(error))), b"")
         return Outcome(tuple(failed), reply)
+
+    def dispatch_all(self, events: Sequence[Event]) -> Outcome:
+        """Several events in one run, as watch mode applies a merged window (joins, then
+        leaves...): the reloads they owe run after all of them, each distinct argv once."""
+        owed: list[tuple[str, OwedReload]] = []
+        failed = [failure for event in events for failure in self._handlers(event, owed)[0]]
+        failed += _reloads_failed(owed)
+        return Outcome(tuple(failed), b"")
+
+    def _handlers(
+        self, event: Event, owed: list[tuple[str, OwedReload]]
+    ) -> tuple[list[tuple[str, str]], list[bytes], list[str]]:
+        """Every matching handler of `event`: (failures, replies, who replied); reloads owed go to `owed`."""
+        failed: list[tuple[str, str]] = []
+        replies: list[bytes] = []
+        repliers: list[str] = []
+        for registration, seen in self.matching(event):
+            try:
+                reply = _sharing(registration, owed, lambda: registration.handler(seen))  # noqa: B023 - called now
+            except Exception as exc:  # noqa: BLE001 - one broken handler must not stop the rest
+                failed.append(_failure(registration.name, "failed", exc))
+                continue
+            if isinstance(event, Query) and reply is not None:
+                replies.append(reply.encode("utf-8") if isinstance(reply, str) else bytes(reply))
+                repliers.append(registration.name)
+        return failed, replies, repliers
 
     def reconcile(self, members: Sequence[Member]) -> Outcome:
         """Hand the full list of alive members to every handler that can reconcile, then run

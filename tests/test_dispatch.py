@@ -225,6 +225,21 @@ def test_a_reload_shared_by_handlers_runs_once_per_run_after_all_of_them(how: st
 
 
 @pytest.mark.usefixtures("fresh_log")
+def test_several_events_in_one_run_share_their_reloads() -> None:
+    """Watch mode applies a merged window as one run (`dispatch_all`): a join and a leave of
+    the same window reload a shared argv once, after both."""
+    log: list[str] = []
+    sharers = [Sharer(("caddy",), log), Sharer(("caddy",), log)]
+    dispatcher = Dispatcher()
+    for i, sharer in enumerate(sharers):
+        dispatcher.register(sharer, "member-join", "member-leave", name=f"h{i}")
+    leave = MemberEvent("member-leave", JOIN.members)
+    assert dispatcher.dispatch_all([JOIN, leave]).failed == ()
+    assert log == ["run caddy"] * 4 + ["reload caddy"]
+    assert [s.outcomes for s in sharers] == [[None, None], [None, None]]
+
+
+@pytest.mark.usefixtures("fresh_log")
 def test_a_failed_shared_reload_fails_every_handler_that_owed_it(capsys: pytest.CaptureFixture[str]) -> None:
     log: list[str] = []
     down = "reload command ['caddy'] exited 1: down"

@@ -194,12 +194,12 @@ class Watcher:
         events, self.model = _coalesce.merge(self.model, self.window.changes)
         changes = len(self.window.changes)
         self.window = None
-        failed: list[tuple[str, str]] = []
         for kind, members in events:
             _log.debug(f"watch: {kind}", members=",".join(m.name for m in members), merged_from=changes)
-            failed.extend(self.dispatcher.dispatch(MemberEvent(kind, members, self.node)).failed)
         if events:
-            self._ran("watch", Outcome(tuple(failed), b""), started, membership=True)
+            # One run for the window: a reload shared by several templates runs once, after all.
+            outcome = self.dispatcher.dispatch_all([MemberEvent(kind, members, self.node) for kind, members in events])
+            self._ran("watch", outcome, started, membership=True)
 
     def _run_one(self, event: UserEvent | QueryRecord) -> None:
         started = self._clock()
