@@ -122,11 +122,11 @@ def maps(lb: Site) -> dict[str, str]:
     return {name: str(lb.dir / "maps" / f"{name}.map") for name in ("hosts", "wildcards", "paths")}
 
 
-def test_a_tag_route_comes_and_goes_with_no_reload_and_no_failed_request(routed: Site) -> None:
+def test_tag_routes_come_and_go_with_no_reload_and_no_failed_request(routed: Site) -> None:
     lb = routed
     reloads = lb.reload_count()
     targets = [("api.example.com", "/"), ("elsewhere.test", "/static/x"), ("a.tenants.example.com", "/"),
-               ("api2.example.com", "/"), ("elsewhere.test", "/")]
+               ("api2.example.com", "/"), ("elsewhere.test", "/"), ("elsewhere.test", "/v9/x")]
     with Load(lb.port, rate=40, seconds=60, targets=targets) as load:
         lb.webs["api1"].serf("tags", "-set", "host=api2.example.com")
         wait_until(lambda: backend_of(request(lb, "api2.example.com", "/")[1]) == "api", timeout=10,
@@ -135,8 +135,14 @@ def test_a_tag_route_comes_and_goes_with_no_reload_and_no_failed_request(routed:
         lb.webs["api1"].serf("tags", "-delete", "host")
         wait_until(lambda: backend_of(request(lb, "api2.example.com", "/")[1]) == "web", timeout=10,
                    interval=0.05, what="api2.example.com back to the default backend")
+        lb.webs["api1"].serf("tags", "-set", "path=/v9")
+        wait_until(lambda: backend_of(request(lb, "elsewhere.test", "/v9/x")[1]) == "api", timeout=10,
+                   interval=0.05, what="/v9 routed to api")
+        lb.webs["api1"].serf("tags", "-delete", "path")
+        wait_until(lambda: backend_of(request(lb, "elsewhere.test", "/v9/x")[1]) == "web", timeout=10,
+                   interval=0.05, what="/v9 back to the default backend")
         time.sleep(0.5)
-    print(f"tag route added and removed: {load.requests} requests, {len(load.failures)} failed, "
+    print(f"a tag's host route, then a path route, added and removed: {load.requests} requests, {len(load.failures)} failed, "
           f"{lb.reload_count() - reloads} reloads")
     assert load.failures == [] and load.requests > 40
     assert lb.reload_count() == reloads
