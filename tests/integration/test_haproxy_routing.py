@@ -142,8 +142,8 @@ def test_tag_routes_come_and_go_with_no_reload_and_no_failed_request(routed: Sit
         wait_until(lambda: backend_of(request(lb, "elsewhere.test", "/v9/x")[1]) == "web", timeout=10,
                    interval=0.05, what="/v9 back to the default backend")
         time.sleep(0.5)
-    print(f"a tag's host route, then a path route, added and removed: {load.requests} requests, {len(load.failures)} failed, "
-          f"{lb.reload_count() - reloads} reloads")
+    print(f"a tag's host route, then a path route, added and removed: {load.requests} requests, "
+          f"{len(load.failures)} failed, {lb.reload_count() - reloads} reloads")
     assert load.failures == [] and load.requests > 40
     assert lb.reload_count() == reloads
     assert backend_of(request(lb, "api.example.com", "/")[1]) == "api"  # the config's own route untouched
@@ -273,4 +273,4 @@ def test_strip_path_and_a_services_https_redirect_in_real_haproxy(tmp_path: Path
         assert (response.status, response.getheader("Location")) == (301, "https://secure.example.com:8443/login?next=/")
         conn.close()
     finally:
-        procs.stop_all()
+        procs.stop_all(together=True)  # agents leave in parallel, not one by one
