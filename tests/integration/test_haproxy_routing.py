@@ -102,6 +102,8 @@ def routed(tmp_path_factory: pytest.TempPathFactory) -> Any:
     procs = Processes(tmp_path_factory.mktemp("routing"))
     try:
         lb = start_lb(procs, webs=("web1",), backends=SERVICES, routes_from_tags=True)
+        lb.metrics = procs.workdir / "serf_handlers.prom"
+        lb.write_yml()
         for node, backend in NODES.items():
             lb.add_web(node, f"body-{node}", backend=backend)
         for backend in set(NODES.values()):
@@ -118,6 +120,11 @@ def test_requests_land_where_the_routing_table_says(routed: Site, host: str, pat
     assert (code, backend_of(body)) == (200, backend), body
 
 
+def metric(lb: Site, name: str) -> float:
+    assert lb.metrics is not None
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lb.metrics.read_text().splitlines() if line.startswith(name))
+
+
 def maps(lb: Site) -> dict[str, str]:
     return {name: str(lb.dir / "maps" / f"{name}.map") for name in ("hosts", "wildcards", "paths")}
 
@@ -125,6 +132,7 @@ def maps(lb: Site) -> dict[str, str]:
 def test_tag_routes_come_and_go_with_no_reload_and_no_failed_request(routed: Site) -> None:
     lb = routed
     reloads = lb.reload_count()
+    updates = metric(lb, "serf_handlers_haproxy_route_updates_total")
     targets = [("api.example.com", "/"), ("elsewhere.test", "/static/x"), ("a.tenants.example.com", "/"),
                ("api2.example.com", "/"), ("elsewhere.test", "/"), ("elsewhere.test", "/v9/x")]
     with Load(lb.port, rate=40, seconds=60, targets=targets) as load:
@@ -146,6 +154,7 @@ def test_tag_routes_come_and_go_with_no_reload_and_no_failed_request(routed: Sit
           f"{len(load.failures)} failed, {lb.reload_count() - reloads} reloads")
     assert load.failures == [] and load.requests > 40
     assert lb.reload_count() == reloads
+    assert metric(lb, "serf_handlers_haproxy_route_updates_total") - updates >= 4  # each change replaced a map
     assert backend_of(request(lb, "api.example.com", "/")[1]) == "api"  # the config's own route untouched
 
 
@@ -238,7 +247,8 @@ def test_a_server_added_live_starts_slowly(routed: Site) -> None:
 def test_strip_path_and_a_services_https_redirect_in_real_haproxy(tmp_path: Path) -> None:
     """The backend lines `strip_path` renders and the frontend's per-service redirect, run by
     HAProxy itself: a backend answering with the path it would send on."""
-    from serf_handlers.handlers.haproxy._routes import Service, backend_lines, frontend_lines
+    from serf_handlers.handlers.haproxy._render import backend_lines, frontend_lines
+    from serf_handlers.handlers.haproxy._routes import Service
 
     require("haproxy")
     procs = Processes(tmp_path)

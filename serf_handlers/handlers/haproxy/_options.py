@@ -210,6 +210,8 @@ def _tcp(value: object, http_backend: str) -> dict[str, str]:
 
 
 def _services(value: object, tcp: Mapping[str, str], tls: Tls | None) -> dict[str, Service]:
+    if value is None:
+        return {}  # no routing: `_routes` stays unimported (a Serf event's start-up)
     from ._routes import parse_services
 
     services = parse_services(value, is_backend_name)

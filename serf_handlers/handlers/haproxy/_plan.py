@@ -16,8 +16,7 @@ installed config. No files, sockets or processes here; `_execute` carries a plan
 from __future__ import annotations
 
 from ..._typing import TYPE_CHECKING, NamedTuple
-from ._render import health_checks
-from ._routes import server_extras
+from ._render import health_checks, server_extras
 from ._servers import Key, Rejected, Server, from_member, with_ids
 from ._state import Behind, State, from_live
 

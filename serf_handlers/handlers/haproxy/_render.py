@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from ..._typing import TYPE_CHECKING
 from ._options import DEFAULT_SOCKET, METRICS_LUA, server_state_file
-from ._routes import backend_lines, frontend_lines, server_extras
 from ._servers import by_backend, check_interval, check_options, with_ids
 
 if TYPE_CHECKING:
@@ -49,7 +48,9 @@ def context(options: Options, servers: Mapping[str, Server]) -> dict[str, object
         ],
         name_routed=[n for n in backends if n != options.backend and not (n in services and _routed(services[n]))],
         backend_lines={n: backend_lines(services.get(n), options.check_path) for n in backends},
-        server_extras={s.path: server_extras(services.get(s.backend), s.name) for g in backends.values() for s in g},
+        server_extras={  # only servers of a `backends` entry: a 10,000-server render pays nothing
+            s.path: server_extras(services[name], s.name) for name, g in backends.items() if name in services for s in g
+        },
     )
     return values
 
@@ -105,3 +106,67 @@ def render(options: Options, servers: Mapping[str, Server]) -> str:
     from ._jinja import render as render_template
 
     return render_template(options.template, context(options, servers))
+
+
+# --- what a `backends` entry (`_routes.Service`) adds to the config -------------------------
+
+STICKY_COOKIE = "SERVERID"
+
+
+def backend_lines(service: Service | None, check_path: str | None) -> list[str]:
+    """The backend section's settings for `service` (None: no `backends` entry)."""
+    path = (service and service.check_path) or check_path
+    lines = [f"option httpchk GET {path}"] if path else []
+    if service is None:
+        return lines
+    if service.balance:
+        lines.append(f"balance {service.balance}")
+    if service.timeout_server:
+        lines.append(f"timeout server {service.timeout_server}")
+    if service.sticky:
+        # The server's name in a cookie HAProxy adds; a client whose server is gone is
+        # sent to another one (`option redispatch`), which then sets its own.
+        lines.append(f"cookie {STICKY_COOKIE} insert indirect nocache")
+    if service.strip_path:
+        prefixes = "|".join(p.replace(".", "[.]") for p in sorted(service.paths, key=lambda p: (-len(p), p)))
+        lines.append(f"http-request replace-path ^({prefixes})/?(.*) /\\2")
+    return lines
+
+
+def server_extras(service: Service | None, server_name: str) -> str:
+    """What a service adds to each server line and runtime `add server` (leading space)."""
+    if service is None:
+        return ""
+    extras = [f" cookie {server_name}"] if service.sticky else []
+    if service.slowstart:
+        extras.append(f" slowstart {service.slowstart}")
+    if service.maxconn:
+        extras.append(f" maxconn {service.maxconn}")
+    return "".join(extras)
+
+
+def frontend_lines(maps: Mapping[str, str], services: Mapping[str, Service], https_port: int | None) -> list[str]:
+    """The `frontend http` lines that route through the maps (`maps`: name -> file), in the
+    order `_routes` documents; then each service's own HTTPS redirect."""
+    if not maps:
+        return []
+    from ._routes import HOSTS, PATHS, WILDCARDS
+
+    found = "{ var(txn.serf_backend) -m found }"
+    lines = [
+        "# Routes by host and path: serf-handle keeps these maps equal to the routes, live.",
+        "http-request set-var(txn.serf_path) path",
+        "http-request set-var(txn.serf_route) req.hdr(host),field(1,:),lower,concat(,txn.serf_path,)",
+        f"http-request set-var(txn.serf_backend) var(txn.serf_route),map_beg({maps[HOSTS]})",
+        f"http-request set-var(txn.serf_backend) var(txn.serf_route),map_reg({maps[WILDCARDS]}) unless {found}",
+        f"http-request set-var(txn.serf_backend) var(txn.serf_path),map_beg({maps[PATHS]}) unless {found}",
+    ]
+    redirected = sorted(name for name, s in services.items() if s.https_redirect)
+    if redirected and https_port is not None:
+        port = "" if https_port == 443 else f":{https_port}"
+        lines.append(
+            f"http-request redirect location https://%[req.hdr(host),regsub(:[0-9]+$,)]{port}%[capture.req.uri]"
+            f" code 301 if !{{ ssl_fc }} {{ var(txn.serf_backend) -m str {' '.join(redirected)} }}"
+        )
+    lines.append(f"use_backend %[var(txn.serf_backend)] if {found}")
+    return lines
