@@ -103,13 +103,14 @@ class HAProxyHandler:
         """The reply to the `query` (`backends`): a readable list of the servers, or with the
         payload `digest` one line for `serf-handle cluster-check`, or with `drained NODE` one
         line saying whether this load balancer has drained NODE (a stopping web node asks)."""
-        from ._report import DIGEST_PAYLOAD, drained_node, summary
+        from ...drained import bad_payload, drained_node
+        from ._report import DIGEST_PAYLOAD, summary
 
         asked = drained_node(payload)
         if asked is None and payload.strip() != DIGEST_PAYLOAD:
             return summary(_state.load(self.options.state), self.options.backend, reply_budget(self_name))
         if isinstance(asked, ValueError):  # untrusted: one line, never an exception
-            return f"error=bad_payload {asked}\n"
+            return bad_payload(asked)
         from ._report import digest_line, drained_line
 
         try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ..._log import escape
 from ..._typing import TYPE_CHECKING
+from ...drained import drained_node as drained_node  # re-exported: tests/test_drain_query.py reads it here
 from ._plan import as_servers, runtime_change
 from ._servers import Server, by_backend
 from ._state import State
@@ -130,31 +131,8 @@ def digest_line(state: State, default_backend: str) -> str:
 
 # `drained NODE`: a web node that is stopping asks every load balancer whether it has drained
 # it (docker/common/serf-drain.sh), and leaves only once all of them say yes (or a timeout).
-DRAINED_PAYLOAD = b"drained"
-MAX_NODE_BYTES = 512  # far above any real node name, well below Serf's 1 KiB query limit
+# The payload is parsed in serf_handlers/drained.py, shared with the nginx handler.
 _DRAINED = ("drain", "maint")
-
-
-def drained_node(payload: bytes) -> str | ValueError | None:
-    """The node a `drained NODE` payload asks about (exact: Serf node names may hold spaces);
-    None when the payload is another form; a ValueError (returned, not raised) saying what is
-    wrong with a malformed one. NODE is untrusted: UTF-8, 1-512 bytes, no control characters."""
-    body = payload[:-1] if payload.endswith(b"\n") else payload  # Serf appends one newline
-    after = body[len(DRAINED_PAYLOAD) : len(DRAINED_PAYLOAD) + 1]
-    if not body.startswith(DRAINED_PAYLOAD) or (after and not after.isspace()):
-        return None  # another word ("drainedx", "digest", ""): not this form
-    raw = body[len(DRAINED_PAYLOAD) + 1 :]
-    if after != b" " or not raw:
-        return ValueError("expected: drained NODE")
-    if len(raw) > MAX_NODE_BYTES:
-        return ValueError(f"node name over {MAX_NODE_BYTES} bytes")
-    try:
-        node = raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return ValueError("node name is not UTF-8")
-    if any(ch < " " or "\x7f" <= ch <= "\x9f" for ch in node):
-        return ValueError("control character in node name")
-    return node
 
 
 def drained_line(state: State, node: str) -> str:
