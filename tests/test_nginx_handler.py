@@ -3,8 +3,8 @@ environment, members on stdin), with a config.yml in tmp_path and Debian's real 
 checking every candidate: the nginx.conf it writes (an upstream per backend, the `port`,
 `weight`, `backend` and `state` tags, 503 for a backend without a usable server, Host
 routing), hostile members, a refused candidate, when it reloads, a failed reload, the
-commands (`render`, `render --diff`, `check`, `status`, `reconcile`), configuration errors
-and `kill -9` in the middle of runs. A real nginx serving through it:
+commands (`render`, `render --diff`, `check`, `status`, `reconcile`), the `backends` query's
+`drained NODE` answer, configuration errors and `kill -9` in the middle of runs. A real nginx serving through it:
 tests/integration/test_nginx_lb.py."""
 
 from __future__ import annotations
@@ -25,6 +25,10 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from serf_handlers._files import Lock
+from serf_handlers.dispatch import reply_budget
+from serf_handlers.events import Node, Query
+from serf_handlers.handlers.nginx import NginxHandler
 from serf_handlers.pipeline import _record
 from support.processes import SERF_HANDLE
 from support.site import clean_environ, member_line, record_reload_argv, reload_lines, sha, stderr_lines
@@ -126,6 +130,16 @@ class Ngx:
         if self.bin.exists():
             env["PATH"] = f"{self.bin}:{env.get('PATH', '')}"
         return env
+
+    def ask(self, payload: bytes, name: str = "backends") -> subprocess.CompletedProcess[bytes]:
+        """A Serf query, as the agent runs the handler for it: the payload on stdin."""
+        env = {**self.env("query"), "SERF_QUERY_NAME": name, "SERF_QUERY_LTIME": "7"}
+        return subprocess.run([SERF_HANDLE, "--config", str(self.yml)], input=payload, capture_output=True,
+                              env=env, timeout=60, check=False)
+
+    def handler(self) -> NginxHandler:
+        """The handler this config.yml makes, to call in-process."""
+        return NginxHandler(**self.options)
 
     def ok(self, event: str | None, *lines: bytes, args: tuple[str, ...] = ()) -> subprocess.CompletedProcess[bytes]:
         done = self.run(event, b"".join(lines), args)
@@ -688,6 +702,166 @@ def test_without_a_state_file_events_wait_for_reconcile(ngx: Ngx) -> None:
     assert [s.node for s in ngx.upstreams()["web"]] == ["web2", "web3"]
 
 
+# --- the `backends` query: `drained NODE` ------------------------------------------------------------
+
+
+def ask(handler: NginxHandler, payload: bytes, name: str = "backends") -> object:
+    return handler(Query(name, 7, payload, Node("lb")))
+
+
+@pytest.mark.parametrize(
+    ("event", "line", "reply"),
+    [
+        pytest.param("member-join", member_line("web1", "10.0.0.1"), "drained=no state=ready\n", id="ready"),
+        pytest.param("member-join", member_line("web1", "10.0.0.1", weight="5"), "drained=no state=ready\n",
+                     id="ready, weight 5"),
+        pytest.param("member-update", member_line("web1", "10.0.0.1", state="drain"), "drained=yes state=down\n",
+                     id="state tag drain"),
+        pytest.param("member-update", member_line("web1", "10.0.0.1", state="maint"), "drained=yes state=down\n",
+                     id="state tag maint"),
+        pytest.param("member-update", member_line("web1", "10.0.0.1", weight="0"), "drained=yes state=down\n",
+                     id="weight 0"),
+        pytest.param("member-update", member_line("web1", "10.0.0.1", backend="api", state="drain"),
+                     "drained=yes state=down\n", id="drained in another backend"),
+        pytest.param("member-leave", member_line("web1", "10.0.0.1"), "drained=yes absent\n", id="left"),
+        pytest.param("member-failed", member_line("web1", "10.0.0.1"), "drained=yes absent\n", id="failed"),
+        pytest.param("member-update", member_line("web1", "10.0.0.1", role="db"), "drained=yes absent\n",
+                     id="role changed away"),
+        pytest.param("member-update", member_line("web1", "10.0.0.1", state="drain", port="80;"),
+                     "drained=no state=ready\n", id="a refused update keeps the served form"),
+    ],
+)
+def test_drained_answers_from_the_servers_nginx_was_last_given(ngx: Ngx, event: str, line: bytes, reply: str) -> None:
+    ngx.ok("member-join", member_line("web1", "10.0.0.1"), member_line("web2", "10.0.0.2"))
+    ngx.run(event, line)  # a refused member fails the run; the others are applied
+    assert ngx.run(None, args=("status",)).returncode == 0  # nginx was given all of it
+    handler = ngx.handler()
+    before = ngx.snapshot()
+    assert ask(handler, b"drained web1\n") == reply
+    assert ask(handler, b"drained web2\n") == "drained=no state=ready\n"
+    assert ask(handler, b"drained web9\n") == "drained=yes absent\n"  # never served
+    assert ngx.snapshot() == before  # an answer writes nothing
+
+
+def test_drained_says_applying_until_nginx_is_known_to_run_the_file(ngx: Ngx, tmp_path: Path) -> None:
+    down = tmp_path / "nginx-down"
+    ngx.write_yml(reload=["sh", "-c", FLAKY, "reload", str(ngx.reloads), str(down)])
+    handler = ngx.handler()
+    assert ask(handler, b"drained web1\n") == "drained=no state=applying\n"  # no state file: nothing known
+    ngx.ok("member-join", member_line("web1", "10.0.0.1"), member_line("web2", "10.0.0.2"))
+    assert ask(handler, b"drained web1\n") == "drained=no state=ready\n"
+
+    down.touch()  # installed with web1 down, but the reload fails: nginx still sends it requests
+    assert ngx.run("member-update", member_line("web1", "10.0.0.1", state="drain")).returncode == 1
+    assert ngx.upstreams()["web"][0] == up("web1", "10.0.0.1:80", 1, True)  # the file says down...
+    assert ngx.record()["reload_pending"] is not None
+    assert ask(handler, b"drained web1\n") == "drained=no state=applying\n"  # ...but a reload is owed
+    assert ask(handler, b"drained web9\n") == "drained=no state=applying\n"
+
+    down.unlink()
+    ngx.ok("member-update", member_line("web1", "10.0.0.1", state="drain"))  # pays the reload
+    assert ask(handler, b"drained web1\n") == "drained=yes state=down\n"
+
+    ngx.conf.write_text(ngx.conf.read_text().replace(" down;", ";"))  # behind our back: web1 served again
+    assert ask(handler, b"drained web1\n") == "drained=no state=applying\n"
+    ngx.state.write_text("{truncated")
+    assert ask(handler, b"drained web1\n") == "error=state_unreadable\n"
+    assert ask(handler, b"drained \xff\n") == "error=bad_payload node name is not UTF-8\n"  # judged first
+
+
+@pytest.mark.parametrize(
+    ("payload", "reply"),
+    [
+        pytest.param(b"drained\n", "error=bad_payload expected: drained NODE\n", id="no node"),
+        pytest.param(b"drained \n", "error=bad_payload expected: drained NODE\n", id="empty node"),
+        pytest.param(b"drained\tweb1\n", "error=bad_payload expected: drained NODE\n", id="tab separator"),
+        pytest.param(b"drained web1\x00$(reboot)\n", "error=bad_payload control character in node name\n",
+                     id="NUL and a shell substitution"),
+        pytest.param(b"drained web1\nweb2\n", "error=bad_payload control character in node name\n",
+                     id="newline in the name"),
+        pytest.param(b"drained web\x1b[2J\n", "error=bad_payload control character in node name\n",
+                     id="terminal escape"),
+        pytest.param("drained web\u0085\n".encode(), "error=bad_payload control character in node name\n",
+                     id="C1 next line"),
+        pytest.param(b"drained \xc3\n", "error=bad_payload node name is not UTF-8\n", id="truncated UTF-8"),
+        pytest.param(b"drained " + b"A" * 100_000, "error=bad_payload node name over 512 bytes\n", id="100 KB"),
+        pytest.param(b"drained " + b"w" * 512, "drained=yes absent\n", id="512 bytes: a name, never served"),
+        pytest.param("drained wéb 1\n".encode(), "drained=yes absent\n", id="unicode and a space"),
+    ],
+)
+def test_a_hostile_drained_payload_gets_one_line(ngx: Ngx, payload: bytes, reply: str) -> None:
+    ngx.ok("member-join", member_line("web1", "10.0.0.1"))
+    got = ask(ngx.handler(), payload)
+    assert got == reply
+    assert isinstance(got, str) and len(got.encode()) < reply_budget("x" * 200)
+
+
+UNSUPPORTED = "error=unsupported (nginx load balancer: drained NODE only)\n"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"", id="empty: the server list"),
+        pytest.param(b"digest\n", id="digest (serf-handle cluster-check)"),
+        pytest.param(b"drainedweb1\n", id="another word"),
+        pytest.param(b"\xff" * 2000, id="binary"),
+    ],
+)
+def test_other_payloads_are_unsupported(ngx: Ngx, payload: bytes) -> None:
+    ngx.ok("member-join", member_line("web1", "10.0.0.1"))
+    assert ask(ngx.handler(), payload) == UNSUPPORTED
+
+
+def test_the_query_option_names_the_query_it_answers(ngx: Ngx) -> None:
+    ngx.ok("member-join", member_line("web1", "10.0.0.1"))
+    handler = ngx.handler()
+    assert handler.default_events[-1] == "query:backends"
+    assert ask(handler, b"drained web1\n", name="ping") is None  # another query: no reply
+    ngx.write_yml(query="lbs")
+    handler = ngx.handler()
+    assert "query:lbs" in handler.default_events and "query:backends" not in handler.default_events
+    assert ask(handler, b"drained web1\n", name="lbs") == "drained=no state=ready\n"
+    assert ask(handler, b"drained web1\n") is None
+
+
+def test_the_query_through_serf_handle(ngx: Ngx) -> None:
+    """As the Serf agent runs it: SERF_EVENT=query, the payload on stdin, the reply on stdout
+    (Serf sends stdout and stderr back, so nothing else may reach them); exit 0."""
+    ngx.ok("member-join", member_line("web1", "10.0.0.1", state="drain"), member_line("web2", "10.0.0.2"))
+    for payload, reply in ((b"drained web1\n", b"drained=yes state=down\n"),
+                           (b"drained web2\n", b"drained=no state=ready\n"),
+                           (b"drained web1\x1b]0;pwned\x07\n", b"error=bad_payload control character in node name\n"),
+                           (b"digest\n", UNSUPPORTED.encode())):
+        done = ngx.ask(payload)
+        assert (done.returncode, done.stdout, done.stderr) == (0, reply, b""), payload
+    # Another query is not the handler's: nothing runs, nothing is said.
+    done = ngx.ask(b"drained web1\n", name="ping")
+    assert (done.returncode, done.stdout, done.stderr) == (0, b"", b"")
+
+
+def test_an_answer_does_not_wait_for_a_run_holding_the_lock(ngx: Ngx) -> None:
+    """Serf runs a node's handlers one at a time: a query that waited for the lock held by
+    a run (a reconcile, an `nginx -t`, a reload) would delay every later event."""
+    ngx.ok("member-join", member_line("web1", "10.0.0.1", weight="0"))
+    before = ngx.snapshot()
+    with Lock(f"{ngx.state}.lock"):
+        started = time.monotonic()
+        done = ngx.ask(b"drained web1\n")
+        took = time.monotonic() - started
+    assert (done.returncode, done.stdout) == (0, b"drained=yes state=down\n"), stderr_lines(done)
+    assert took < 10, f"{took:.1f} s"
+    assert ngx.snapshot() == before and ngx.leftovers() == []
+
+
+def test_the_member_event_path_does_not_load_the_query_helpers() -> None:
+    """The query's helpers load only when a query asks (Serf starts a process per event)."""
+    code = ("import sys; from serf_handlers.handlers.nginx import _handler; "
+            "print(' '.join(sorted(m for m in sys.modules if m.startswith('serf_handlers'))))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert "serf_handlers.drained" not in done.stdout.split()
+
+
 # --- configuration errors ---------------------------------------------------------------------------
 
 
@@ -714,6 +888,12 @@ def test_without_a_state_file_events_wait_for_reconcile(ngx: Ngx) -> None:
         pytest.param({"vars": ["listen"]}, " (nginx): vars: expected a mapping", id="vars a list"),
         pytest.param({"nginx": ""}, " (nginx): nginx: expected a non-empty string", id="nginx empty"),
         pytest.param({"backup": "no"}, " (nginx): backup: expected true or false", id="backup a string"),
+        pytest.param({"query": "back ends"}, " (nginx): query: expected a query name (no spaces or commas)",
+                     id="query with a space"),
+        pytest.param({"query": "a,b"}, " (nginx): query: expected a query name (no spaces or commas)",
+                     id="query with a comma"),
+        pytest.param({"query": None}, " (nginx): query: expected a query name (no spaces or commas)",
+                     id="query null"),
     ],
 )
 def test_config_errors_exit_2_naming_the_option(ngx: Ngx, options: dict[str, Any], says: str) -> None:

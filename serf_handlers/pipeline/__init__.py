@@ -9,7 +9,8 @@
 - `_execute`: walks the steps; the crash-safety protocol is here, in one place.
 - `_kept`: `KeptFile`, the object a handler builds on: it holds the lock for a run, reads the
   record, renders through the handler's function and runs the plan; `status`, `render`
-  (`--diff`, `--write`) and `check` come with it.
+  (`--diff`, `--write`) and `check` come with it, and `standing` (the kept members and
+  whether the service has them) for a handler's query.
 - `_handler`: `KeptFileHandler`, the handler contract on top of a `KeptFile`.
 """
 
@@ -18,5 +19,8 @@ from __future__ import annotations
 from ._handler import KeptFileHandler
 from ._kept import GIVEN, INSTALLED, WANTED, KeptFile, Target, state_path
 from ._members import Known
+from ._record import RecordError
 
-__all__ = ["GIVEN", "INSTALLED", "WANTED", "KeptFile", "KeptFileHandler", "Known", "Target", "state_path"]
+__all__ = [
+    "GIVEN", "INSTALLED", "WANTED", "KeptFile", "KeptFileHandler", "Known", "RecordError", "Target", "state_path",
+]

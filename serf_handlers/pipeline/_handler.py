@@ -13,6 +13,7 @@ if TYPE_CHECKING:
 
     from ..dispatch import OwedReload
     from ..events import Event, Member
+    from ..protocols import Reply
     from ._kept import KeptFile, Sharing
 
 
@@ -28,9 +29,10 @@ class KeptFileHandler:
     def role(self) -> str | None:
         return self.selected_role
 
-    def __call__(self, event: Event) -> None:
+    def __call__(self, event: Event) -> Reply:  # a subclass may answer a query (nginx)
         if isinstance(event, MemberEvent):
             self.kept.event(event)
+        return None
 
     def reconcile(self, members: Sequence[Member]) -> None:
         from ..members import Membership

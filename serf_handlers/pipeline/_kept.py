@@ -172,9 +172,20 @@ class KeptFile:
             lines.append(f"reload pending: {record.reload_pending} (the next run retries it)")
             drift = True
         if self._describe is not None and record.exists:
-            stands = WANTED if not current else INSTALLED if record.reload_pending is not None else GIVEN
-            lines += self._describe(record.members, stands)
+            lines += self._describe(record.members, _stands(record, current))
         return "\n".join(lines) + "\n", drift
+
+    def standing(self) -> tuple[Mapping[str, Known], str | None]:
+        """The kept members and where they stand (GIVEN, INSTALLED, WANTED; None without a
+        state file), as `status` hands them to `describe`: for a query's answer (nginx:
+        `drained NODE`). It only reads (no lock, no write), so it is quick whatever a run
+        holds; a run in progress shows as not GIVEN (its intent is saved with a reload owed).
+        Raises RecordError for a state file it cannot use."""
+        record = _record.load(self.target.state)
+        if not record.exists:
+            return record.members, None
+        current = self._file_status(record, read_bytes(self.target.destination))[2]
+        return record.members, _stands(record, current)
 
     def _file_status(self, record: _record.Record, installed: bytes | None) -> tuple[str, bool, bool]:
         """(what the file is, whether that is drift, whether it is what the record renders)."""
@@ -255,6 +266,11 @@ class Sharing:
 
     def __exit__(self, *exc_info: object) -> None:
         self._kept._shared = None
+
+
+def _stands(record: _record.Record, current: bool) -> str:
+    """Where the record's members stand, given whether the installed file is what they render."""
+    return WANTED if not current else INSTALLED if record.reload_pending is not None else GIVEN
 
 
 def _log_refused(name: str, refused: list[str]) -> None:

@@ -17,6 +17,8 @@ candidate, an atomic install, a reload only when the text changed, a failed relo
         nginx: nginx                  # the binary for the check (and the default reload)
         reload: null                  # argv; null: [nginx, -c, <config>, -s, reload]
         backup: false
+        query: backends               # the query whose `drained NODE` it answers (a stopping
+                                      # web node asks every load balancer: see `_query`)
 
 A member's `weight` (0-256; 0 is `down`) and `state` tags (ready, drain, maint: drain and
 maint are `down`) are honoured. Backend names are folded to lowercase: nginx compares upstream
@@ -28,14 +30,26 @@ from __future__ import annotations
 from ..._options import Option, parse
 from ..._typing import TYPE_CHECKING
 from ...errors import ConfigError
+from ...events import MEMBER_EVENTS, Query
 from ...pipeline import GIVEN, INSTALLED, WANTED, KeptFile, KeptFileHandler, Target, state_path
 from ._servers import is_backend_name, refusal, servers
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
-    from ...events import Member
+    from ...events import Event, Member
     from ...pipeline import Known
+    from ...protocols import Reply
+
+
+def _query_name(value: object) -> object:
+    # As the haproxy handler's: Serf's `-event-handler` filter is `query:NAME`, comma-separated.
+    if not isinstance(value, str) or not value or not value.isprintable() or any(
+        c.isspace() or c in "\"'#\\," for c in value
+    ):
+        raise ValueError("expected a query name (no spaces or commas)")
+    return value
+
 
 OPTIONS = (
     Option("role", "text", "web"),
@@ -49,6 +63,7 @@ OPTIONS = (
     Option("nginx", "text", "nginx"),
     Option("reload", "argv"),
     Option("backup", "bool", False),
+    Option("query", "text", "backends", False, _query_name),
 )
 
 
@@ -71,6 +86,36 @@ class NginxHandler(KeptFileHandler):
         target = Target(config, str(o["state"] or state_path(config)), check, reload,  # type: ignore[arg-type]
                         backup=bool(o["backup"]))
         self.kept = KeptFile(f"nginx {config}", target, self._render, self._refuse, self._describe)
+        self.query = str(o["query"])
+        self.default_events: tuple[str, ...] = (*MEMBER_EVENTS, f"query:{self.query}")
+
+    def __call__(self, event: Event) -> Reply:
+        if isinstance(event, Query):
+            return self._query(event.payload) if event.name == self.query else None
+        super().__call__(event)
+        return None
+
+    def _query(self, payload: bytes) -> str:
+        """The reply to the `query` (`backends`): with `drained NODE`, one line saying whether
+        nginx was given NODE's servers as `down` (or none), from the record of what it was last
+        given (as `status` shows it), never from the file's text. Only reads: Serf runs a node's
+        handlers one at a time, so an answer must not wait for a run's lock."""
+        from ...drained import bad_payload, drained_node
+        from ...pipeline import RecordError
+        from ._servers import drained_line
+
+        asked = drained_node(payload)
+        if asked is None:  # the server list, `digest` (cluster-check compares HAProxy's only)...
+            return "error=unsupported (nginx load balancer: drained NODE only)\n"
+        if isinstance(asked, ValueError):  # untrusted: one line, never an exception
+            return bad_payload(asked)
+        try:
+            members, stands = self.kept.standing()
+        except RecordError:
+            return "error=state_unreadable\n"  # `serf-handle reconcile` rebuilds it
+        assert self.selected_role is not None
+        given = servers(members.values(), self.selected_role, self.port, self.backend) if stands == GIVEN else None
+        return drained_line(given, asked)
 
     def _refuse(self, member: Member) -> str | None:
         return refusal(member, self.port) if member.role == self.selected_role else None

@@ -87,3 +87,17 @@ def table(backends: Mapping[str, list[Server]]) -> list[str]:
             rows.append((name, "-", "-", "no usable server: answers 503", "-"))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
+
+
+def drained_line(given: Mapping[str, list[Server]] | None, node: str) -> str:
+    """`drained=yes|no ...` (the haproxy handler's words): whether nginx gives `node` no new
+    requests, from the servers it was last `given` (None: not known to be what nginx runs: a
+    run in progress, a reload owed, the file changed or behind). Nothing of `node` is echoed."""
+    if given is None:
+        return "drained=no state=applying\n"
+    mine = [s for found in given.values() for s in found if s.node == node]
+    if not mine:
+        return "drained=yes absent\n"  # never served, removed, failed, or skipped
+    if all(s.down for s in mine):
+        return "drained=yes state=down\n"  # state tag drain or maint, or weight 0
+    return "drained=no state=ready\n"
