@@ -3,9 +3,10 @@
 Section 7 found that about 200 real serf agents are the most this machine holds (the load
 average reached 455 while they started), so a watcher facing 5,000 members is measured
 against this server instead: it speaks the handshake, auth, stream, stop, members, stats,
-respond, event and tags commands exactly as ../shared/SERF_RPC.md describes them (msgpack objects back
-to back, a header `{Error, Seq}` then a body for `members` and `stats` only, records on the
-stream's Seq) and answers `members` with whatever list it is given. The member maps have
+respond, event, tags and query commands exactly as ../shared/SERF_RPC.md describes them
+(msgpack objects back to back, a header `{Error, Seq}` then a body for `members` and
+`stats` only, records on the stream's Seq, a query's ack, response and done records on the
+query's Seq) and answers `members` with whatever list it is given. The member maps have
 the real agent's fields and types (checked against Debian's serf 0.9.4 for two agents:
 `Addr` as 4 raw bytes, `Port` an int, `Tags` a map of strings, the protocol and delegate
 versions), so the watcher parses and validates them exactly as a real agent's.
@@ -64,6 +65,8 @@ class FakeSerf:
         self.name, self.tags, self.auth = name, dict(tags or {"role": "lb"}), auth
         self.members_asked: list[float] = []  # monotonic times of each `members` request
         self.events: list[tuple[str, object, bool]] = []  # user events sent through us: (Name, Payload, Coalesce)
+        self.queries: list[dict[str, object]] = []  # query requests sent through us
+        self.answers: dict[str, bytes] = {}  # node -> its answer to every query: an ack, a response
         self._conns: list[_Conn] = []
         self._lock = threading.Lock()
         self._server = socket.create_server(("127.0.0.1", 0))
@@ -179,6 +182,14 @@ class FakeSerf:
             for key in request.get("DeleteTags") or ():
                 self.tags.pop(key, None)
             conn.send({"Error": "", "Seq": seq})
+        elif command == "query":
+            self.queries.append(dict(request))
+            conn.send({"Error": "", "Seq": seq})
+            for kind in ("ack", "response"):
+                for node, payload in self.answers.items():
+                    conn.send({"Error": "", "Seq": seq},
+                              {"Type": kind, "From": node, "Payload": payload if kind == "response" else None})
+            conn.send({"Error": "", "Seq": seq}, {"Type": "done", "From": "", "Payload": None})
         elif command == "respond":
             conn.send({"Error": "No pending queries matching ID", "Seq": seq})
         else:

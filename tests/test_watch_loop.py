@@ -246,6 +246,39 @@ def test_a_query_is_answered_through_respond(start: Callable[..., Running]) -> N
     assert run.recorder.seen("query") == [b"ping", b"quiet"]
 
 
+def test_queries_run_ahead_of_the_member_window_and_user_events_queued_with_them(
+        start: Callable[..., Running]) -> None:
+    """Serf drops an answer after the query's timeout: a queued query never waits for the
+    member-event or user-event runs queued with it (it still waits for a run under way)."""
+    run = start()
+    run.recorder.block = threading.Event()  # hold a first run, so that the rest queue up
+    run.session.send(member_record("member-join", "web2"))
+    run.until(run.recorder.running.is_set, "the first run")
+    run.session.send({"Event": "user", "LTime": 1, "Name": "deploy", "Payload": None})
+    run.session.send(member_record("member-join", "web3"))
+    run.session.send({"Event": "query", "ID": 1, "LTime": 1, "Name": "ping", "Payload": b"ping"})
+    run.session.send({"Event": "query", "ID": 2, "LTime": 2, "Name": "ping", "Payload": b"ping"})
+    run.recorder.block.set()
+    run.until(lambda: run.recorder.seen("user"), "the user event")
+    assert [kind for kind, _ in run.recorder.calls[1:]] == ["member-join", "query", "query", "member-join", "user"]
+    assert run.recorder.seen("member-join") == [("web2",), ("web3",)]
+    assert run.agent.responses == [(1, b"pong from lb"), (2, b"pong from lb")]
+
+
+def test_a_query_queued_with_a_collapse_is_answered_before_its_reconcile(start: Callable[..., Running]) -> None:
+    run = start(max_queue=3)
+    run.recorder.block = threading.Event()
+    run.session.send(member_record("member-join", "web2"))
+    run.until(run.recorder.running.is_set, "the first run")
+    for n in range(5):
+        run.session.send(member_record("member-join", f"storm{n}"))
+    run.session.send({"Event": "query", "ID": 7, "LTime": 1, "Name": "ping", "Payload": b"ping"})
+    run.recorder.block.set()
+    run.until(lambda: len(run.recorder.seen("reconcile")) == 2, "the reconcile")
+    assert [kind for kind, _ in run.recorder.calls[1:]] == ["member-join", "query", "reconcile"]
+    assert run.agent.responses == [(7, b"pong from lb")]
+
+
 def test_a_reply_that_cannot_be_sent_is_one_warning(start: Callable[..., Running]) -> None:
     agent = FakeAgent()
     agent.respond_error = "failed to respond to key query: response already sent"

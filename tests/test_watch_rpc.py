@@ -79,3 +79,25 @@ def test_the_agent_going_away_is_one_lost_item(server: FakeSerf) -> None:
     with pytest.raises(SerfRPCError, match="not connected"):
         client.members()
     client.close()
+
+
+def test_a_query_streams_its_records_to_its_sink_and_ends_with_done(server: FakeSerf) -> None:
+    server.answers = {"lb": b"drained=no"}
+    inbox = Inbox()
+    client = connect(server, inbox)
+    client.stream("member-update")
+    records: list[object] = []
+    client.query("backends", b"drained web1", records.append, nodes=("lb",), timeout=2.5)
+    client.query("backends", b"digest", records.append)  # a second Seq on the same connection
+    assert client.members()[0]["Members"][0]["Name"] == "web1"  # type: ignore[index]  # both done by now
+    first = {"Type": "ack", "From": "lb", "Payload": None}, {"Type": "response", "From": "lb", "Payload": b"drained=no"}
+    done = {"Type": "done", "From": "", "Payload": None}
+    assert records == [*first, done, *first, done]
+    assert server.queries[0] == {"FilterNodes": ["lb"], "FilterTags": {}, "RequestAck": True, "RelayFactor": 0,
+                                 "Timeout": 2_500_000_000, "Name": "backends", "Payload": b"drained web1"}
+    assert server.queries[1]["Timeout"] == 0  # Serf's default
+    assert server.emit({"Event": "member-update", "Members": [WEB]}) == 1  # the stream still goes to the inbox
+    [record] = inbox.take(2.0)
+    assert isinstance(record, Record) and record.member
+    assert not client._calls or all(c.command == "stream" for c in client._calls.values())  # done: Seqs freed
+    client.close()

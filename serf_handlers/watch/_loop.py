@@ -10,8 +10,13 @@ queue items (`signals`). What the loop does, and why it is never silently wrong:
 - **Member records** are merged in a window (`wait`, _coalesce.py) and run as at most one
   event per type; a record that arrived before the last `members` reply is older news than
   that list, and is dropped.
-- **User events and queries** run at once, in order; a query's reply goes back with
-  `respond` when every handler succeeded and the reply is not empty, as Serf does for a script.
+- **Queries** run first of what one take from the queue holds, ahead of the member window
+  and the user events queued with them: Serf drops an answer sent after the query's
+  timeout (3.2 s on a small LAN), and the answer says what the load balancer does now,
+  which the queued work has not changed yet. A query's reply goes back with `respond` when
+  every handler succeeded and the reply is not empty, as Serf does for a script. A run
+  already under way is never interrupted: a query can still wait for that one.
+- **User events** run at once, in order, after the queries and the member window.
 - **A periodic reconcile** every `reconcile_interval`, sooner (5 s, doubling) after a
   handler failed: the handlers' state is rebuilt from `members` whatever was missed.
 - **A queue past its bound** collapses into one reconcile (_inbox.py), logged.
@@ -126,7 +131,9 @@ class Watcher:
         self.inbox.put_control(Signalled(signum))
 
     def _handle(self, items: list[Item]) -> None:
-        later: list[tuple[int, UserEvent | QueryRecord]] = []
+        queries: list[tuple[int, QueryRecord]] = []
+        later: list[tuple[int, UserEvent]] = []
+        collapsed = False
         for item in items:
             if self.stop.is_set():
                 return
@@ -139,12 +146,18 @@ class Watcher:
             elif self.session is None or item.generation != self.session.generation:
                 continue  # from a connection given up: its query IDs mean nothing now
             elif isinstance(item, Collapsed):
-                self._collapsed(item)
+                collapsed = self._collapsed(item) or collapsed
             else:
-                self._record(item, later)
+                self._record(item, queries, later)
+        self._run_all(queries)  # first: Serf's timeout runs (module docstring, "Queries")
+        if collapsed and not self.stop.is_set():
+            self._reconcile("the queue overflowed")
         if self.window is not None and _coalesce.due(self.window, self.wait) <= self._clock():
             self._apply_window()
-        for generation, event in later:
+        self._run_all(later)
+
+    def _run_all(self, events: list[tuple[int, UserEvent]] | list[tuple[int, QueryRecord]]) -> None:
+        for generation, event in events:
             if self.stop.is_set():
                 return
             if self.session is not None and generation == self.session.generation:
@@ -169,7 +182,8 @@ class Watcher:
 
     # --- records ----------------------------------------------------------------------------
 
-    def _record(self, record: Record, later: list[tuple[int, UserEvent | QueryRecord]]) -> None:
+    def _record(self, record: Record, queries: list[tuple[int, QueryRecord]],
+                later: list[tuple[int, UserEvent]]) -> None:
         if record.member and record.number <= self._fresh_from:
             return  # the last `members` reply already holds it
         try:
@@ -184,9 +198,12 @@ class Watcher:
             changes = [Change(converted.type, member) for member in converted.members]
             self.window = _coalesce.extend(self.window, changes, self._clock())
             return
-        kind = "query" if isinstance(converted, QueryRecord) else "user"
-        _metrics.inc(_metrics.P + "events_total", type=kind)
-        later.append((record.generation, converted))
+        if isinstance(converted, QueryRecord):
+            _metrics.inc(_metrics.P + "events_total", type="query")
+            queries.append((record.generation, converted))
+        else:
+            _metrics.inc(_metrics.P + "events_total", type="user")
+            later.append((record.generation, converted))
 
     def _apply_window(self) -> None:
         assert self.window is not None
@@ -214,7 +231,8 @@ class Watcher:
                 _log.warning(f"watch: query {event.query.name!r}: reply not sent: {exc}")
         self._ran("watch", outcome, started)
 
-    def _collapsed(self, marker: Collapsed) -> None:
+    def _collapsed(self, marker: Collapsed) -> bool:
+        """Log the collapse; True when a reconcile must follow (member records were dropped)."""
         what = []
         if marker.members:
             what.append(f"{marker.members} member record(s) collapsed into one reconcile")
@@ -222,8 +240,7 @@ class Watcher:
             what.append(f"{marker.others} user event(s) or query(ies) dropped, the oldest first")
         _log.warning(f"watch: more than {self.inbox.bound} records queued (the handlers are behind): "
                      + "; ".join(what))
-        if marker.members:
-            self._reconcile("the queue overflowed")
+        return marker.members > 0
 
     # --- reconciling ------------------------------------------------------------------------
 

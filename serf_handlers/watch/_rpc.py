@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import msgpack
@@ -51,6 +52,7 @@ class _Call:
     reply: object = None
     mark: int = 0  # records the inbox had received when the reply came (see `members`)
     failure: str | None = None  # the connection died first
+    sink: Callable[[object], None] | None = None  # a `query`'s records go here, not to the inbox
 
 
 def parse_rpc_addr(addr: str) -> tuple[str, int]:
@@ -83,7 +85,7 @@ class Client:
         self._closing = False
         self._reader: threading.Thread | None = None
         self._body_for: _Call | None = None  # the reader's state: what the next object is the body of
-        self._record_next = False
+        self._record_for: _Call | None = None  # ... or the stream whose record it is
 
     # --- the commands the watch loop uses ------------------------------------------------------
 
@@ -131,6 +133,18 @@ class Client:
         """Set (and delete) this agent's own tags (`serf tags`)."""
         self._call("tags", {"Tags": tags, "DeleteTags": list(delete)})
 
+    def query(self, name: str, payload: bytes, sink: Callable[[object], None], nodes: Sequence[str] = (),
+              timeout: float = 0.0, ack: bool = True) -> None:
+        """Send a query through this agent (`serf query`), returning once the agent took it.
+        Each record of its answer, `{Type: ack|response|done, From, Payload}`, then goes to
+        `sink`, on the reader thread, the last one `done`; ack and response records with an
+        empty From are Serf's spurious ones (SERF_RPC.md). `timeout` 0: Serf's default.
+        The agent runs one connection's commands one after the other: queries sent on one
+        connection never share a Lamport time, which concurrent ones can (see BENCHMARKS §11)."""
+        request = {"FilterNodes": list(nodes), "FilterTags": {}, "RequestAck": ack, "RelayFactor": 0,
+                   "Timeout": round(timeout * 1e9), "Name": name, "Payload": payload}
+        self._call("query", request, stream=True, sink=sink)
+
     def close(self) -> None:
         """Drop the connection (no `Lost` item); pending calls fail."""
         self._closing = True
@@ -149,8 +163,8 @@ class Client:
     # --- requests ---------------------------------------------------------------------------
 
     def _call(self, command: str, request: dict[str, object] | None = None, body: bool = False,
-              stream: bool = False, refused: bool = False) -> _Call:
-        call = _Call(command, body, stream)
+              stream: bool = False, refused: bool = False, sink: Callable[[object], None] | None = None) -> _Call:
+        call = _Call(command, body, stream, sink=sink)
         with self._lock:
             if self._dead is not None:
                 raise SerfRPCError(f"'{command}': not connected ({self._dead})")
@@ -228,9 +242,15 @@ class Client:
             call.reply, call.mark = obj, self._inbox.received
             call.done.set()
             return
-        if self._record_next:
-            self._record_next = False
-            self._inbox.put_record(self.generation, obj)
+        if self._record_for is not None:
+            stream, self._record_for = self._record_for, None
+            if stream.sink is None:
+                self._inbox.put_record(self.generation, obj)
+                return
+            stream.sink(obj)
+            if isinstance(obj, dict) and obj.get("Type") == "done":
+                with self._lock:  # the agent sends nothing more on this Seq
+                    self._calls = {seq: c for seq, c in self._calls.items() if c is not stream}
             return
         if not isinstance(obj, dict) or not isinstance(obj.get("Seq"), int):
             raise _ProtocolError(f"expected a reply header, got {type(obj).__name__}")
@@ -243,7 +263,7 @@ class Client:
                 raise _ProtocolError(f"a reply for Seq {seq}, which no call is waiting for")
             call = waiting
             if call.stream and call.done.is_set():
-                self._record_next = True  # an acknowledged stream: one record follows
+                self._record_for = call  # an acknowledged stream: one record follows
                 return
             if not call.stream or error:
                 del self._calls[seq]
