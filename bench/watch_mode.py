@@ -17,9 +17,10 @@ throwaway install.
   clock there). The agent's log line `[INFO] serf: EventMemberUpdate: web1` has 1-second
   timestamps: useless here. HAProxy's live change is the first `show servers state` (polled
   every 2 ms) showing web1's new weight.
-- **Drain storm**: 100 `serf query -node lb -format json backends "drained web1"` started at
-  once from web1's agent, with Serf's default query timeout; counted: those whose `Responses`
-  has lb's answer.
+- **Drain storm** (`watch_drain.py`): 100 `drained web1` queries to lb with Serf's default
+  timeout, sent back to back through one RPC connection to web1's agent, each query's send,
+  ack, answer and end stamped; in watch mode the watcher's side from its probe stamps. Then,
+  in watch mode, the earlier method (100 `serf query` processes at once) for comparison.
 - **CPU per 1,000 events**, over the tag changes above: the watcher's own utime+stime
   (/proc/PID/stat) against the per-event agent's reaped children's (cutime+cstime: every
   `sh -c serf-handle ...` it ran, with their children), divided by the events delivered.
@@ -27,7 +28,6 @@ throwaway install.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import statistics
@@ -42,7 +42,7 @@ from support.admin import live_servers
 from support.processes import Agent, Processes, wait_until
 from support.site import Site
 
-from . import watch_breakdown, watch_scale, watch_storm
+from . import watch_breakdown, watch_drain, watch_scale, watch_storm
 from .procs import BENCH
 
 TITLE = "11. Per event or watch"
@@ -187,33 +187,6 @@ class Cluster:
         text = self.delivered.read_text() if self.delivered.exists() else ""
         return [float(line) for line in text.splitlines() if line.strip()]
 
-    def storm(self, n: int) -> dict[str, Any]:
-        """`n` drain queries at once from web1's agent; how many lb answered in time."""
-        argv = ["serf", "query", f"-rpc-addr={self.web.rpc}", "-node", "lb", "-format", "json", "backends",
-                "drained web1"]
-        started = time.monotonic()
-        procs = [subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL)
-                 for _ in range(n)]
-        answered, failed, payloads = 0, 0, set()
-        for proc in procs:
-            try:
-                out, _err = proc.communicate(timeout=60)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-                failed += 1
-                continue
-            try:
-                responses = json.loads(out)["Responses"] or {}
-            except (ValueError, KeyError, TypeError):
-                failed += 1
-                continue
-            if "lb" in responses:
-                answered += 1
-                payloads.add(str(responses["lb"]).split()[0][:40])
-        return {"answered": answered, "sent": n, "failed": failed, "seconds": time.monotonic() - started,
-                "payloads": sorted(payloads)}
-
     def stop(self) -> None:
         if self.client is not None:
             self.client.close()
@@ -253,10 +226,8 @@ def run(venv_bin: Path, workdir: Path, changes: int = CHANGES, queries: int = QU
         time.sleep(1)
         cpu = {mode: c.cpu() - cpu0[mode] for mode, c in clusters.items()}
         events = {mode: c.stamps.count() - events0[mode] for mode, c in clusters.items()}
-        storms = {}
-        for mode in ("watch", "event"):  # watch first: the per-event agent's backlog outlasts its storm
-            storms[mode] = clusters[mode].storm(queries)
         watch = clusters["watch"]
+        storms = watch_drain.run(watch, clusters["event"], queries, lambda: watch_breakdown.read(watch.stamps_file))
         breakdown = watch_breakdown.breakdown(watch_breakdown.read(watch.stamps_file), watch.timed)
         unchecked = watch.without_check([WEIGHTS[(changes + i) % 2] for i in range(UNCHECKED)])
     finally:
@@ -293,17 +264,7 @@ def format_watch(r: dict[str, Any]) -> str:
     watch_med = statistics.median(lat["watch"]["delivery_to_live"])
     out += ["", f"- Goal, watch ≤ 10 ms median: {watch_med:.1f} ms, "
             + ("met." if watch_med <= 10 else f"missed by {watch_med - 10:.1f} ms.")]
-    out += ["", f"**Drain storm.** {r['queries']} `serf query -node lb -format json backends \"drained web1\"` "
-            "started at once from web1's agent, Serf's default query timeout (no `-timeout`).\n",
-            "| mode | answered by lb | no answer | unparsable or hung | storm took s | answers |",
-            "|---|---:|---:|---:|---:|---|"]
-    for mode in MODES:
-        s = r["storms"][mode]
-        out.append(f"| {MODE_LABELS[mode]} | {s['answered']} | {s['sent'] - s['answered'] - s['failed']} "
-                   f"| {s['failed']} | {s['seconds']:.1f} | {', '.join(f'`{p}`' for p in s['payloads']) or '-'} |")
-    w = r["storms"]["watch"]
-    out += ["", f"- Goal, all {r['queries']} answered in watch mode: {w['answered']} answered, "
-            + ("met." if w["answered"] == w["sent"] else "missed.")]
+    out += ["", *watch_drain.format_storms(r["storms"], MODE_LABELS)]
     u = r["unchecked"]
     out += ["", f"- The same watcher after `check: false` (SIGHUP), {len(u)} more changes: delivery → live median "
             f"{statistics.median(u):.1f} ms, p95 {_pct(u, 0.95):.1f} ms: the cost without `haproxy -c` before "

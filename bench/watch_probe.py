@@ -13,7 +13,9 @@ changes), `dispatch`, `lock.done` (the state lock held), `live`/`live.done` (`sh
 state` read), `plan`/`plan.done` (the servers planned, the config rendered), `install`/
 `check`/`check.done`/`install.done` (the config written, `haproxy -c` on it), `apply`/
 `apply.done` (the runtime API commands), `server_state`/`server_state.done` (the server-state
-file rewritten), `state_save`/`state_save.done` and `dispatch.done`.
+file rewritten), `state_save`/`state_save.done` and `dispatch.done`. A query record stamps
+`query LTIME ID` instead of `received`, and the watcher's answer `respond ID`, then
+`respond.done ID ok` or `respond.done ID refused REASON` (the agent's reply to `respond`).
 """
 
 from __future__ import annotations
@@ -50,12 +52,15 @@ def wrap(owner: Any, name: str, label: str) -> None:
 def install_probes() -> None:
     from serf_handlers import _files, dispatch
     from serf_handlers.handlers.haproxy import _execute, _handler, _install, _runtime, _state
-    from serf_handlers.watch import _inbox, _loop
+    from serf_handlers.watch import _inbox, _loop, _rpc
 
     put_record = _inbox.Inbox.put_record
 
     def received(self: _inbox.Inbox, generation: int, body: object) -> None:
-        stamp("received")
+        if isinstance(body, dict) and body.get("Event") == "query":
+            stamp(f"query {body.get('LTime')} {body.get('ID')}")  # the drain storm's timeline
+        else:
+            stamp("received")
         put_record(self, generation, body)
 
     _inbox.Inbox.put_record = received  # type: ignore[method-assign]
@@ -67,9 +72,22 @@ def install_probes() -> None:
         return held
 
     _files.Lock.__enter__ = locked  # type: ignore[method-assign]
+    respond = _rpc.Client.respond
+
+    def responded(self: _rpc.Client, query_id: int, payload: bytes) -> None:
+        stamp(f"respond {query_id}")
+        try:
+            respond(self, query_id, payload)
+        except Exception as exc:
+            stamp(f"respond.done {query_id} refused {str(exc).replace(chr(10), ' ')}")
+            raise
+        stamp(f"respond.done {query_id} ok")
+
+    _rpc.Client.respond = responded  # type: ignore[method-assign]
     for owner, name, label in (
         (_loop.Watcher, "_apply_window", "window"),
         (dispatch.Dispatcher, "dispatch", "dispatch"),
+        *([(dispatch.Dispatcher, "dispatch_all", "dispatch")] if hasattr(dispatch.Dispatcher, "dispatch_all") else []),
         (_runtime.Runtime, "live", "live"),
         (_execute, "make_plan", "plan"),
         (_install, "install", "install"),
