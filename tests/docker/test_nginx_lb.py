@@ -9,8 +9,8 @@
     docker-compose --profile nginx-lb down         # nothing it created is left
 
 nginx-lb has role=lb, so a stopping web node asks it too whether it has drained the node
-(docker/common/serf-drain.sh, the `backends` query); the image answers that query
-(docker/nginx-lb/drained.py). Without an answer every stop would wait SERF_DRAIN_TIMEOUT
+(docker/common/serf-drain.sh, the `backends` query); its `nginx` handler answers that query
+from the servers nginx was last given. Without an answer every stop would wait SERF_DRAIN_TIMEOUT
 (15 s) and then SERF_LEAVE_GRACE: the scale-down is bounded well below that here.
 The load is one request per connection (urllib: Connection: close). Clients that keep a
 connection alive are another matter: nginx's old workers close idle keep-alive connections at
@@ -55,7 +55,7 @@ LOADERS = 4  # concurrent sequential clients during the scale-down
 LOAD_SECONDS = 90  # the bound on the load, whatever happens
 # A load balancer that does not answer the drain query costs every stopping web node
 # SERF_DRAIN_TIMEOUT (15 s) plus SERF_LEAVE_GRACE (3 s): about 23 s for the whole scale-down
-# (measured with the image's query handler taken out). Answered, it takes about 7 s; Serf's
+# (measured with the drain query left unanswered). Answered, it takes about 7 s; Serf's
 # coalescing (up to 5 s) and a busy machine can add several seconds.
 MAX_SCALE_DOWN_SECONDS = 20
 SERVER_LINE = re.compile(r"^\s*server \S+ .*;  # (.+)$", re.MULTILINE)
