@@ -42,10 +42,10 @@ def load(path: str) -> Record:
     raw = read_bytes(path)
     if raw is None:
         return EMPTY
-    import json
+    from .._json import loads
 
     try:
-        data = json.loads(raw)
+        data = loads(raw.decode("utf-8"))
         if not isinstance(data, dict) or data.get("version") != VERSION:
             raise ValueError(f"not a version {VERSION} state object")
         members = {name: _known(name, entry) for name, entry in data["members"].items()}
@@ -69,7 +69,7 @@ def _known(name: str, entry: dict[str, object]) -> Known:
 
 
 def dumps(record: Record) -> bytes:
-    import json
+    from .._json import dumps as json_dumps
 
     members = {
         name: {"addr": m.addr, "role": m.role, "tags": dict(sorted(m.tags.items())), "status": m.status}
@@ -77,7 +77,7 @@ def dumps(record: Record) -> bytes:
     }
     data = {"version": VERSION, "members": members, "installed": record.installed,
             "reload_pending": record.reload_pending, "node": record.node}
-    return (json.dumps(data, sort_keys=True, separators=(",", ":")) + "\n").encode("utf-8")
+    return (json_dumps(data, sort_keys=True) + "\n").encode("utf-8")
 
 
 def save(path: str, record: Record) -> None:

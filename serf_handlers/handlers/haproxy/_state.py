@@ -76,10 +76,10 @@ def load(path: str) -> State:
     raw = read_bytes(path)
     if raw is None:
         return EMPTY
-    import json
+    from ..._json import loads
 
     try:
-        data = json.loads(raw)
+        data = loads(raw.decode("utf-8"))
     except ValueError as exc:
         raise StateError(f"state file {path}: invalid JSON ({exc}); run `serf-handle reconcile`") from None
     try:
@@ -153,7 +153,7 @@ def _is_key(item: object) -> bool:
 
 
 def dumps(state: State) -> bytes:
-    import json
+    from ..._json import dumps as json_dumps
 
     applied: object = None
     if state.applied == state.servers:
@@ -177,7 +177,7 @@ def dumps(state: State) -> bytes:
         data["behind"] = {"why": state.behind.why, "servers": written}
     # Compact: with 10,000 members the file is read and written on every event
     # (`serf-handle status` is the readable view).
-    return (json.dumps(data, ensure_ascii=True, separators=(",", ":")) + "\n").encode("ascii")
+    return (json_dumps(data) + "\n").encode("ascii")
 
 
 def save(path: str, state: State) -> None:
