@@ -12,7 +12,10 @@ import statistics
 from pathlib import Path
 
 # (label of the step, the stamp it starts at, the stamp it ends at); `live` is the HAProxy poll.
-STEPS = (  # contiguous: each starts where the one before ends
+# UNCHECKED is the install when it runs no `haproxy -c` (a change of weights and states
+# alone, _plan.only_weights_and_states): the three rows before it are then empty.
+UNCHECKED = "config written and renamed into place, no `haproxy -c` (weights and states only)"
+STEPS = (  # contiguous: each starts where the one before ends (one of the two installs)
     ("stream record queued → the loop applies the window", "received", "window"),
     ("→ the haproxy handler holds the state lock", "window", "lock.done"),
     ("→ admin-socket session opened", "lock.done", "live"),
@@ -23,6 +26,7 @@ STEPS = (  # contiguous: each starts where the one before ends
     ("candidate written", "install", "check"),
     ("`haproxy -c` on the candidate", "check", "check.done"),
     ("renamed into place", "check.done", "install.done"),
+    (UNCHECKED, "install", "install.done"),
     ("→ runtime API commands start", "install.done", "apply"),
     ("runtime API commands (`set weight`)", "apply", "apply.done"),
     ("→ the benchmark's 2 ms poll sees it", "apply.done", "live_seen"),
@@ -71,6 +75,8 @@ def breakdown(stamps: list[tuple[float, str]], changes: list[tuple[float, float]
         if found is None:
             continue
         for name, start, end in (*STEPS, *AFTER):
+            if name == UNCHECKED and "check" in found:
+                continue  # the checked install's three rows hold it
             if start in found and end in found:
                 out[name].append((found[end] - found[start]) * 1000)
         if "received" in found:

@@ -267,8 +267,8 @@ def format_watch(r: dict[str, Any]) -> str:
     out += ["", *watch_drain.format_storms(r["storms"], MODE_LABELS)]
     u = r["unchecked"]
     out += ["", f"- The same watcher after `check: false` (SIGHUP), {len(u)} more changes: delivery → live median "
-            f"{statistics.median(u):.1f} ms, p95 {_pct(u, 0.95):.1f} ms: the cost without `haproxy -c` before "
-            "the runtime change."]
+            f"{statistics.median(u):.1f} ms, p95 {_pct(u, 0.95):.1f} ms: no `haproxy -c` on any change (with "
+            "`check: true` a change of weights and states alone skips it too, see the breakdown below)."]
     out += ["", "**CPU per 1,000 events**, over the tag changes above: the watcher's own CPU (utime+stime), "
             "against the per-event agent's reaped children (cutime+cstime: every `sh -c serf-handle ...` run).\n",
             "| mode | events delivered | CPU s | CPU s per 1,000 events |", "|---|---:|---:|---:|"]
