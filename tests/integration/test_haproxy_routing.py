@@ -120,6 +120,19 @@ def test_requests_land_where_the_routing_table_says(routed: Site, host: str, pat
     assert (code, backend_of(body)) == (200, backend), body
 
 
+def test_the_table_holds_under_load(routed: Site) -> None:
+    """Every case of the table again, while a load runs over all of them: none fails, none strays."""
+    cases = [(p.values[0], p.values[1], p.values[2]) for p in CASES]
+    with Load(routed.port, rate=40, seconds=30, targets=[(host, path) for host, path, _ in cases]) as load:
+        rounds = 0
+        while load.requests < 80:  # 2 s of the load at least, whatever this machine's speed
+            for host, path, backend in cases:
+                code, body, _ = request(routed, host, path)
+                assert (code, backend_of(body)) == (200, backend), (host, path, body)
+            rounds += 1
+    assert load.failures == [] and rounds >= 1, load.failures[:3]
+
+
 def metric(lb: Site, name: str) -> float:
     assert lb.metrics is not None
     return sum(float(line.rsplit(" ", 1)[1]) for line in lb.metrics.read_text().splitlines() if line.startswith(name))
