@@ -35,7 +35,7 @@ pytestmark = pytest.mark.docker
 
 SUFFIX = secrets.token_hex(4)
 # The load balancer's periodic `serf-handle reconcile`, shortened for the test.
-RECONCILE_INTERVAL = 5
+RECONCILE_INTERVAL = 4
 # One command to HAProxy's admin socket inside the load balancer (the image has no socat).
 ADMIN_COMMAND = (
     "import socket, sys\n"
@@ -235,7 +235,7 @@ def test_an_idle_periodic_reconcile_logs_nothing(cluster: Cluster) -> None:
     wait_for_rotation(cluster.url, cluster.live_webs(), logs=cluster.logs, timeout=30)
     time.sleep(RECONCILE_INTERVAL)  # the (re)start's own lines
     since = time.time()
-    time.sleep(2.5 * RECONCILE_INTERVAL)  # two rounds or more
+    time.sleep(2.2 * RECONCILE_INTERVAL)  # two rounds or more
     result = run("docker", "logs", "--since", f"{since:.3f}", cluster.lb)
     # Neither the loop, nor a reconcile with nothing to do, nor the agent's RPC log.
     assert (result.stdout + result.stderr).splitlines() == []

@@ -39,13 +39,15 @@ handlers:
 """
     )
     env = {"PYTHONPATH": str(Path(__file__).parent), "SERF_HANDLERS_CACHE_DIR": str(tmp_path / "cache")}
-    web1 = Agent(procs, "web1", {"role": "web", "port": "8081"})
-    web2 = Agent(procs, "web 2", {"role": "web", "port": "8082", "list": "a,b", "eq": "x=y"}, join=web1)
-    web3 = Agent(procs, "web3", {"role": "web"}, join=web1)
+    local = ("-profile=local",)  # Serf's loopback timings: a crash is reported failed sooner
+    web1 = Agent(procs, "web1", {"role": "web", "port": "8081"}, extra=local)
+    web2 = Agent(procs, "web 2", {"role": "web", "port": "8082", "list": "a,b", "eq": "x=y"}, join=web1, extra=local)
+    web3 = Agent(procs, "web3", {"role": "web"}, join=web1, extra=local)
     wait_until(cluster_sees(web1, ["web1", "web 2", "web3"]), what="web nodes to form a cluster")
 
     # The load balancer joins last, so it learns all three in one batch.
-    lb = Agent(procs, "lb", {"role": "lb"}, join=web1, handler=f"{SERF_HANDLE} --config {config}", env=env)
+    lb = Agent(procs, "lb", {"role": "lb"}, join=web1, handler=f"{SERF_HANDLE} --config {config}", env=env,
+               extra=local)
     wait_until(lambda: len(_seen(log, "member-join")) >= 4, what="the batch join")
     joined = {r["name"]: r for r in _seen(log, "member-join")}
     assert set(joined) == {"lb", "web1", "web 2", "web3"}
