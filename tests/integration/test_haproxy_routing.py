@@ -28,7 +28,7 @@ import pytest
 
 from support.admin import admin
 from support.load import Load
-from support.processes import Processes, free_port, require, start_haproxy, wait_until
+from support.processes import Processes, free_port, get, require, start_haproxy, start_nginx, wait_until
 from support.site import Site
 from tests.integration.test_haproxy_convergence import live, reconcile, start_lb, status
 
@@ -297,3 +297,47 @@ def test_strip_path_and_a_services_https_redirect_in_real_haproxy(tmp_path: Path
         conn.close()
     finally:
         procs.stop_all(together=True)  # agents leave in parallel, not one by one
+
+
+def test_a_route_update_that_fails_leaves_the_servers_applied_and_says_so(
+    procs: Processes, short_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The failure path of the maps: HAProxy's live maps cannot be replaced (the admin
+    socket's map commands refused, injected here) while a member joins with a route tag.
+    The join still reaches HAProxy; the run fails naming the routes; HAProxy's live servers,
+    the state file and `status` agree on the servers, and `status` flags the route HAProxy
+    lacks. The next run (a reconcile) puts the route live, and everything agrees again."""
+    from serf_handlers import HandlerError, Member, MemberEvent
+    from serf_handlers.handlers.haproxy import HAProxyHandler, _maps
+    from support.admin import live_servers
+
+    site = Site(short_dir, backends={"api": {"hosts": ["api.example.com"]}}, routes_from_tags=True)
+    site.serve(procs, "runtime")
+    port = free_port()
+    start_nginx(procs, "api1", port, "body-api1")
+    handler = HAProxyHandler(**{k: v for k, v in site.options.items() if v is not None})
+    member = Member("api1", "127.0.0.1", "web", {"role": "web", "backend": "api", "port": str(port),
+                                                   "host": "v2.example.com"})
+
+    def refuse(*args: object) -> None:
+        raise HandlerError("commit map: refused (injected)")
+
+    monkeypatch.setattr(_maps, "replace", refuse)
+    with pytest.raises(HandlerError, match=r"routes not updated live: commit map: refused \(injected\)"):
+        handler(MemberEvent("member-join", (member,)))
+    state = site.state_data()
+    assert state is not None and set(state["servers"]) == {"api1"} and state["applied"] == "servers"
+    assert set(live_servers(site.admin_socket, "api")) == {"api1"}  # the join is live
+    text = str(handler.status())
+    assert type(handler.status()).__name__ == "Drift", text
+    assert "host v2.example.com -> api (tags of 'api1')  ! not in HAProxy" in text, text
+    assert "api1" in text and "host api.example.com -> api (config)" in text
+    assert get(site.port, "api.example.com")[1] == "body-api1"
+    assert get(site.port, "v2.example.com")[0] == 503  # not routed yet: the default backend is empty
+
+    monkeypatch.undo()
+    handler.reconcile([member])
+    assert set(live_servers(site.admin_socket, "api")) == {"api1"}
+    assert type(handler.status()).__name__ == "str", handler.status()
+    assert get(site.port, "v2.example.com")[1] == "body-api1"
+    assert site.reload_count() == 0

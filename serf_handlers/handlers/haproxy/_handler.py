@@ -233,9 +233,9 @@ class HAProxyHandler:
         rejected = converge(old, new, self.options, full, runtime)
         for node, why in rejected:
             _log.error(f"haproxy: member skipped: {why}", node=node)
-        if routes is not None and runtime is not None:
-            _keep_routes_live(runtime, self.options, routes)
-        return wanted.errors + rejected
+        behind = None if routes is None or runtime is None else _keep_routes_live(runtime, self.options, routes)
+        # ("", why): not a member's fault; the run still fails, after the servers changed.
+        return wanted.errors + rejected + ([] if behind is None else [("", f"routes not updated live: {behind}")])
 
     def _write_routes(self, servers: Iterable[Server]) -> Routes | None:
         """With routing by maps: the routes, their files written before the config is checked
@@ -270,9 +270,9 @@ def _with_routes(text: str, differs: bool, options: Options, state: State, runti
     return text + more, differs or drift
 
 
-def _keep_routes_live(runtime: Runtime, options: Options, routes: Routes) -> None:
-    """HAProxy's live maps equal to the routes. A failure is logged and counted; the servers'
-    change already happened, and the next run (or reconcile) tries again."""
+def _keep_routes_live(runtime: Runtime, options: Options, routes: Routes) -> str | None:
+    """HAProxy's live maps equal to the routes; why not, if they could not be (logged and
+    counted: the servers' change already happened, and the next run or reconcile tries again)."""
     from ._maps import keep_live
     from ._runtime import Unavailable
 
@@ -281,12 +281,17 @@ def _keep_routes_live(runtime: Runtime, options: Options, routes: Routes) -> Non
     except (Unavailable, HandlerError) as exc:
         _metrics.inc(_metrics.P + "haproxy_route_update_failures_total")
         _log.error(f"haproxy: routes not updated live: {exc}")
-        return
+        return str(exc)
     if replaced:
         _metrics.inc(_metrics.P + "haproxy_route_updates_total", len(replaced))
         _log.info("haproxy: routes changed through the runtime API", maps=",".join(replaced))
+    return None
 
 
-def _raise_skipped(skipped: Sequence[tuple[str, str]]) -> None:
-    if skipped:
-        raise HandlerError(f"{len(skipped)} member(s) skipped: {'; '.join(message for _, message in skipped)}")
+def _raise_skipped(errors: Sequence[tuple[str, str]]) -> None:
+    """One line for the run's errors: (node, why) of each member skipped, ("", why) of the rest."""
+    skipped = [message for node, message in errors if node]
+    parts = [f"{len(skipped)} member(s) skipped: {'; '.join(skipped)}"] if skipped else []
+    parts += [message for node, message in errors if not node]
+    if parts:
+        raise HandlerError("; ".join(parts))
