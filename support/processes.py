@@ -54,6 +54,16 @@ def wait_until(predicate: Callable[[], T], timeout: float = 15.0, interval: floa
         time.sleep(interval)
 
 
+def eventually(predicate: Callable[[], object], timeout: float, interval: float = 0.2) -> bool:
+    """Whether `predicate` becomes true within `timeout` (the caller asserts, with a message)."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(interval)
+    return True
+
+
 class Processes:
     """Starts processes with logs in `workdir`, and stops exactly those, by PID."""
 

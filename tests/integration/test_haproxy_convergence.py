@@ -28,7 +28,7 @@ import pytest
 
 from support.admin import admin, server_rows
 from support.load import Load
-from support.processes import Agent, Processes, cluster_sees, free_port, require, start_nginx, wait_until
+from support.processes import Agent, Processes, cluster_sees, eventually, free_port, require, start_nginx, wait_until
 from support.site import Site, bodies, member_line
 
 pytestmark = pytest.mark.integration
@@ -197,16 +197,6 @@ def converged(lb: Site, expect: dict[str, str] | None = None) -> bool:
         r["srv_port"] == wanted[n] and r["srv_admin_state"] == "0" and r["srv_op_state"] == "2"
         for n, r in rows.items()
     )
-
-
-def eventually(predicate: Callable[[], object], timeout: float, interval: float = 0.2) -> bool:
-    """Whether `predicate` becomes true within `timeout` (the caller asserts, with a message)."""
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
 
 
 # --- the commands --------------------------------------------------------------------------

@@ -21,9 +21,9 @@ import time
 import pytest
 
 from support.load import Load
-from support.processes import Agent, Processes, cluster_sees, free_port, require, start_nginx, wait_until
+from support.processes import Agent, Processes, cluster_sees, eventually, free_port, require, start_nginx, wait_until
 from support.site import Site
-from tests.integration.test_haproxy_convergence import brief, converged, eventually, live, nginx_on, status, web_tags
+from tests.integration.test_haproxy_convergence import brief, converged, live, nginx_on, status, web_tags
 
 pytestmark = pytest.mark.integration
 

@@ -62,7 +62,7 @@ import pytest
 from serf_handlers.handlers.haproxy._live import rows
 from support.admin import Unavailable, admin, answers
 from support.netns import Namespace, Network, NsAgent, NsLoad, cut, gossip, start_nginx_in, unavailable
-from support.processes import Processes, require, wait_until
+from support.processes import Processes, eventually, require, wait_until
 from support.site import Site
 from tests.integration.test_haproxy_convergence import brief, live, status
 
@@ -212,15 +212,6 @@ def failed_and_removed(c: Cluster, name: str) -> bool:
     return c.agent.statuses().get(name) == "failed" and name not in live(c.lb)
 
 
-def eventually(predicate: Callable[[], object], timeout: float, interval: float = 0.25) -> bool:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(interval)
-    return True
-
-
 class Watch:
     """HAProxy's backend `web`, sampled every `interval` s on the admin socket in a thread: the
     fewest servers in rotation (ready and UP) and present, and each change of the rotation."""
@@ -299,7 +290,7 @@ def run_case(c: Cluster, case: str, fault: Callable[[], str]) -> Outcome:
         finally:
             c.net.heal()
         healed_at = time.monotonic()
-        ok = eventually(lambda: converged(c, expect), timeout=CONVERGE_TIMEOUT)
+        ok = eventually(lambda: converged(c, expect), timeout=CONVERGE_TIMEOUT, interval=0.25)
         converge_s = time.monotonic() - healed_at if ok else None
         time.sleep(0.5)
     events = serf_events(c, log_at)

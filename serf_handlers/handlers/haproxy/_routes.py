@@ -103,7 +103,7 @@ def _service(entry: object, where: str) -> Service:
     unknown = sorted(set(entry) - set(Service._fields))
     if unknown:
         raise ConfigError(f"{where}.{unknown[0]}: unknown setting (known: {', '.join(Service._fields)})")
-    hosts = tuple(_checked(entry.get("hosts", []), f"{where}.hosts", _host_error))
+    hosts = tuple(host.lower() for host in _checked(entry.get("hosts", []), f"{where}.hosts", _host_error))
     paths = tuple(_checked(entry.get("paths", []), f"{where}.paths", _path_error))
     for key in ("strip_path", "sticky", "https_redirect"):
         if not isinstance(entry.get(key, False), bool):
@@ -134,7 +134,7 @@ def _checked(values: object, where: str, error: Callable[[object], str | None]) 
         why = error(value)
         if why:
             raise ConfigError(f"{where}[{i}]: {why}")
-    return [str(v).lower() if where.endswith(".hosts") else str(v) for v in values]
+    return [str(v) for v in values]
 
 
 def _time(value: object, where: str) -> str | None:
