@@ -11,9 +11,10 @@ from pathlib import Path
 import pytest
 
 from serf_handlers.dispatch import reply_budget
+from serf_handlers.drained import drained_node
 from serf_handlers.events import Node, Query
 from serf_handlers.handlers.haproxy import HAProxyHandler, _state
-from serf_handlers.handlers.haproxy._report import drained_line, drained_node
+from serf_handlers.handlers.haproxy._report import drained_line
 from serf_handlers.handlers.haproxy._servers import Server
 from serf_handlers.handlers.haproxy._state import State
 

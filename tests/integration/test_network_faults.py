@@ -201,6 +201,17 @@ def wait_healed(c: Cluster, expect: set[str], timeout: float) -> None:
                              f"{brief(live(c.lb))}; status exit {status(c.lb)}")
 
 
+def forget_departed(c: Cluster) -> None:
+    """Before a case: a spare whose agent an earlier case stopped, but whom lb still reports
+    failed (case d's leave under 20 % loss can reach nobody), is force-left, as an operator does.
+    Left in, it counts towards the partition rule of the next case: in case f, 2 of 5 alive puts
+    every failed member back, and web3 is never removed (seen in CI)."""
+    for name, state in c.agent.statuses().items():
+        if state == "failed" and name not in c.agents and name != "lb":
+            c.agent.serf("force-leave", name)
+            wait_for(c, lambda n=name: c.agent.statuses().get(n) == "left", 20, f"{name} force-left")
+
+
 def wait_for(c: Cluster, predicate: Callable[[], object], timeout: float, what: str) -> None:
     """`wait_until`, failing with what Serf on lb, HAProxy and `status` say."""
     if not eventually(predicate, timeout, interval=0.2):
@@ -279,6 +290,7 @@ def run_case(c: Cluster, case: str, fault: Callable[[], str]) -> Outcome:
     measured until converged (web1-web3 served). Returns the numbers, printed (and reported)
     before any assertion."""
     expect = set(WEBS)
+    forget_departed(c)
     wait_healed(c, set(c.agents), timeout=CONVERGE_TIMEOUT)
     log_at = serf_log(c).stat().st_size
     with NsLoad(c.procs, c.client, c.lb_ns.addr, HAPROXY_PORT, f"load-{case}", rate=RATE, seconds=400) as load, \

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from ..._log import escape
 from ..._typing import TYPE_CHECKING
-from ...drained import drained_node as drained_node  # re-exported: tests/test_drain_query.py reads it here
 from ._plan import as_servers, runtime_change
 from ._servers import Server, by_backend
 from ._state import State
