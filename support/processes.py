@@ -90,8 +90,10 @@ class Processes:
                 proc.wait(5)
 
     def stop_all(self, together: bool = False, timeout: float = 10.0) -> None:
-        """Stop the daemons, then every process, newest first: one after the other, or with
-        `together` SIGINT to all at once and then one wait (faster; SIGKILL for stragglers)."""
+        """Stop the daemons, then every process, newest first: one after the other (SIGINT:
+        serf agents leave gracefully), or with `together` SIGTERM to all at once and then one
+        wait, SIGKILL for stragglers. SIGTERM because a test's clean-up needs no graceful leave:
+        SIGINT makes every serf agent spend about 3 s on one, alone or not (measured)."""
         for pidfile in self.daemons:
             stop_daemon(pidfile)
         if not together:
@@ -101,7 +103,7 @@ class Processes:
         running = [p for p in reversed(self.started) if p.poll() is None]
         for proc in running:
             try:
-                proc.send_signal(signal.SIGINT)
+                proc.send_signal(signal.SIGTERM)
             except ProcessLookupError:
                 pass
         deadline = time.monotonic() + timeout

@@ -27,7 +27,7 @@ def procs(tmp_path: Path) -> Iterator[Processes]:
     try:
         yield group
     finally:
-        group.stop_all(together=True)  # all at once: serf agents leave in parallel
+        group.stop_all(together=True)  # all at once, no graceful leaves (see stop_all)
 
 
 @pytest.fixture

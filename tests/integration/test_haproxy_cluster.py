@@ -32,7 +32,7 @@ def _start(tmp_path_factory: pytest.TempPathFactory, name: str, live: bool) -> I
     try:
         yield load_balancer(procs, live)
     finally:
-        procs.stop_all(together=True)  # agents leave in parallel, not one by one
+        procs.stop_all(together=True)  # all at once, no graceful leaves
 
 
 @pytest.fixture(scope="module")

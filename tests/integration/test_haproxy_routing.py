@@ -296,7 +296,7 @@ def test_strip_path_and_a_services_https_redirect_in_real_haproxy(tmp_path: Path
         assert (response.status, response.getheader("Location")) == (301, "https://secure.example.com:8443/login?next=/")
         conn.close()
     finally:
-        procs.stop_all(together=True)  # agents leave in parallel, not one by one
+        procs.stop_all(together=True)  # all at once, no graceful leaves
 
 
 def test_a_route_update_that_fails_leaves_the_servers_applied_and_says_so(
