@@ -84,6 +84,15 @@ def _names(value: object) -> object:
     return tuple(value)
 
 
+def _query(value: object) -> object:
+    # Serf's `-event-handler` filter is `query:NAME`, comma-separated: a name is one word.
+    if not isinstance(value, str) or not value or not value.isprintable() or any(
+        c.isspace() or c in "\"'#\\," for c in value
+    ):
+        raise ValueError("expected a query name (no spaces or commas)")
+    return value
+
+
 def _mapping(value: object) -> object:
     if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
         raise ValueError("expected a mapping with string keys")
@@ -92,7 +101,7 @@ def _mapping(value: object) -> object:
 
 KINDS: dict[str, Callable[[object], object]] = {
     "path": _path, "argv": _argv, "bool": _bool, "mode": _mode, "text": _text, "port": _port,
-    "int": _int, "fraction": _fraction, "names": _names, "mapping": _mapping,
+    "int": _int, "fraction": _fraction, "names": _names, "mapping": _mapping, "query": _query,
 }
 
 

@@ -2,8 +2,8 @@
 
 Run on any node. It lists the alive members with the load balancers' role tag
 (`serf members`), then asks them all one Serf query (`serf query -format json -tag
-role=^ROLE$ backends digest`); each load balancer's haproxy handler answers with one line,
-`digest=<16 hex> servers=N backends=M kept_failed=K` (see `_report.digest_line`), far
+role=^ROLE$ backends digest`); each load balancer's haproxy or nginx handler answers with one
+line, `digest=<16 hex> servers=N backends=M kept_failed=K` (see `serf_handlers.digest`), far
 below Serf's ~1 KiB reply limit however many servers there are. A query travels by gossip
 and can miss a node now and then (seen on loopback: no ack, no answer), so the silent ones
 are asked once more, by name, before they are reported.
@@ -26,7 +26,7 @@ from .errors import SerfRPCError
 from .members import json_object, read_members, run_serf
 
 DEFAULT_ROLE = "lb"  # the role tag the images (SERF_ROLE) and the README give load balancers
-DEFAULT_QUERY = "backends"  # the haproxy handler's default `query`
+DEFAULT_QUERY = "backends"  # the haproxy and nginx handlers' default `query`
 PAYLOAD = "digest"
 # Beyond the query's own timeout (or Serf's default, about 3 s and growing with the log of
 # the cluster's size), how long `serf query` may take before it is given up as hung.

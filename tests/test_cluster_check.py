@@ -70,7 +70,7 @@ BASE = [server("web1"), server("web2")]
         pytest.param([server("web1"), server("web2", maint=True)], id="maint"),
         pytest.param([server("web1"), server("web2", backend="api")], id="backend"),
         pytest.param([server("web1"), server("web2")._replace(addr="10.0.0.2")], id="address"),
-        pytest.param([server("web1"), server("web2")._replace(name="web2--0123456789")], id="server name"),
+        pytest.param([server("web1"), server("web2")._replace(node="web 2")], id="node name"),
         pytest.param([server("web1")], id="one missing"),
         pytest.param([*BASE, server("web3")], id="one more"),
     ],

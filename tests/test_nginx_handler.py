@@ -796,21 +796,73 @@ def test_a_hostile_drained_payload_gets_one_line(ngx: Ngx, payload: bytes, reply
     assert isinstance(got, str) and len(got.encode()) < reply_budget("x" * 200)
 
 
-UNSUPPORTED = "error=unsupported (nginx load balancer: drained NODE only)\n"
+UNSUPPORTED = "error=unsupported (nginx load balancer: digest and drained NODE only)\n"
 
 
 @pytest.mark.parametrize(
     "payload",
     [
         pytest.param(b"", id="empty: the server list"),
-        pytest.param(b"digest\n", id="digest (serf-handle cluster-check)"),
-        pytest.param(b"drainedweb1\n", id="another word"),
+        pytest.param(b"digests\n", id="another word"),
+        pytest.param(b"drainedweb1\n", id="drained, glued"),
         pytest.param(b"\xff" * 2000, id="binary"),
     ],
 )
 def test_other_payloads_are_unsupported(ngx: Ngx, payload: bytes) -> None:
     ngx.ok("member-join", member_line("web1", "10.0.0.1"))
     assert ask(ngx.handler(), payload) == UNSUPPORTED
+
+
+# --- the `backends` query: `digest` (serf-handle cluster-check) -----------------------------------
+
+
+def haproxy_digest(lines: Sequence[bytes], kept_failed: Sequence[bytes] = ()) -> str:
+    """What an haproxy load balancer given the same member lines answers to `digest`."""
+    from serf_handlers.events import parse_members
+    from serf_handlers.handlers.haproxy._report import digest_line
+    from serf_handlers.handlers.haproxy._servers import from_member
+    from serf_handlers.handlers.haproxy._state import State
+
+    failed = parse_members(b"".join(kept_failed))
+    servers = {m.name: from_member(m.name, m.addr, m.tags, 80, "web")._replace(failed=m in failed)
+               for m in parse_members(b"".join([*lines, *kept_failed]))}
+    return digest_line(State(servers, None), "web")
+
+
+MEMBERS = [member_line("web1", "10.0.0.1"), member_line("web2", "10.0.0.2", weight="3", state="drain"),
+           member_line("web3", "10.0.0.3", port="8080", backend="api")]
+
+
+def test_nginx_and_haproxy_serving_the_same_members_give_the_same_digest(ngx: Ngx) -> None:
+    ngx.ok("member-join", *MEMBERS)
+    before = ngx.snapshot()
+    reply = ask(ngx.handler(), b"digest\n")
+    assert reply == haproxy_digest(MEMBERS)
+    assert isinstance(reply, str) and reply.endswith(" servers=3 backends=2 kept_failed=0\n")
+    assert ngx.snapshot() == before  # an answer writes nothing
+
+    ngx.ok("member-update", member_line("web2", "10.0.0.2", weight="3"))  # drain ended: another digest
+    assert ask(ngx.handler(), b"digest\n") == haproxy_digest(
+        [MEMBERS[0], member_line("web2", "10.0.0.2", weight="3"), MEMBERS[2]])
+    ngx.ok("member-failed", MEMBERS[0])  # nginx keeps no failed member; haproxy kept it would differ
+    reply = ask(ngx.handler(), b"digest\n")
+    assert reply == haproxy_digest([member_line("web2", "10.0.0.2", weight="3"), MEMBERS[2]])
+    assert reply != haproxy_digest([member_line("web2", "10.0.0.2", weight="3"), MEMBERS[2]], [MEMBERS[0]])
+
+
+def test_digest_is_an_error_until_nginx_is_known_to_run_the_file(ngx: Ngx, tmp_path: Path) -> None:
+    down = tmp_path / "nginx-down"
+    ngx.write_yml(reload=["sh", "-c", FLAKY, "reload", str(ngx.reloads), str(down)])
+    handler = ngx.handler()
+    not_applied = "error=not_applied (nginx has not loaded what the members call for: see serf-handle status)\n"
+    assert ask(handler, b"digest\n") == not_applied  # no state file: nothing known
+    ngx.ok("member-join", MEMBERS[0])
+    assert ask(handler, b"digest\n") == haproxy_digest(MEMBERS[:1])
+    down.touch()
+    assert ngx.run("member-join", MEMBERS[2]).returncode == 1  # installed, the reload failed
+    assert ask(handler, b"digest\n") == not_applied  # nginx may still serve web1 alone
+    ngx.state.write_text("{truncated")
+    assert ask(handler, b"digest\n") == "error=state_unreadable\n"
 
 
 def test_the_query_option_names_the_query_it_answers(ngx: Ngx) -> None:
@@ -832,7 +884,9 @@ def test_the_query_through_serf_handle(ngx: Ngx) -> None:
     for payload, reply in ((b"drained web1\n", b"drained=yes state=down\n"),
                            (b"drained web2\n", b"drained=no state=ready\n"),
                            (b"drained web1\x1b]0;pwned\x07\n", b"error=bad_payload control character in node name\n"),
-                           (b"digest\n", UNSUPPORTED.encode())):
+                           (b"digest\n", haproxy_digest([member_line("web1", "10.0.0.1", state="drain"),
+                                                          member_line("web2", "10.0.0.2")]).encode()),
+                           (b"\n", UNSUPPORTED.encode())):
         done = ngx.ask(payload)
         assert (done.returncode, done.stdout, done.stderr) == (0, reply, b""), payload
     # Another query is not the handler's: nothing runs, nothing is said.

@@ -26,12 +26,14 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from support.processes import eventually
 from tests.docker.helpers import (
     LB_IMAGE,
     WEB_IMAGE,
@@ -100,6 +102,16 @@ def test_up_with_the_profile_serves_every_web_node_through_nginx(compose: Compos
     replies = {node: reply.strip() for node, reply in (json.loads(out)["Responses"] or {}).items()}
     assert replies.get(hostname(lb)) == "drained=no state=ready", replies
     assert len(replies) == 2 and set(replies.values()) == {"drained=no state=ready"}, replies
+    # nginx-lb and the HAProxy `lb` serve the same web nodes: `cluster-check` finds one digest.
+    checks: list[subprocess.CompletedProcess[str]] = []
+
+    def agree() -> bool:
+        checks.append(run("docker", "exec", lb, "serf-handle", "cluster-check", check=False))
+        return checks[-1].returncode == 0
+
+    assert eventually(agree, 30, interval=1), checks[-1].stdout + checks[-1].stderr
+    verdict = checks[-1].stdout.splitlines()[-1]
+    assert verdict.startswith("OK: 2 load balancer(s) (role=lb) serve the same 3 server(s)"), checks[-1].stdout
 
 
 def test_scaling_down_to_one_under_load_fails_no_request(compose: Compose, tmp_path: Path) -> None:

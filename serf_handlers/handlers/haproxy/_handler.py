@@ -103,11 +103,12 @@ class HAProxyHandler:
         """The reply to the `query` (`backends`): a readable list of the servers, or with the
         payload `digest` one line for `serf-handle cluster-check`, or with `drained NODE` one
         line saying whether this load balancer has drained NODE (a stopping web node asks)."""
+        from ...digest import asks_digest
         from ...drained import bad_payload, drained_node
-        from ._report import DIGEST_PAYLOAD, summary
+        from ._report import summary
 
         asked = drained_node(payload)
-        if asked is None and payload.strip() != DIGEST_PAYLOAD:
+        if asked is None and not asks_digest(payload):
             return summary(_state.load(self.options.state), self.options.backend, reply_budget(self_name))
         if isinstance(asked, ValueError):  # untrusted: one line, never an exception
             return bad_payload(asked)

@@ -124,12 +124,6 @@ def _on_failed(value: object) -> str:
     return str(value)
 
 
-def _query(value: object) -> str:
-    if not isinstance(value, str) or not value or not _is_word(value) or "," in value:
-        raise ConfigError(f"query: expected a query name (no spaces or commas), got {value!r}")
-    return value
-
-
 # Every option: name, kind (see serf_handlers/_options.py), default, required, its check.
 OPTIONS = (
     Option("role", "text", "web", False, _role),
@@ -144,7 +138,7 @@ OPTIONS = (
     Option("reload", "argv", None, False, lambda v: None if v is None else _argv(v)),
     Option("socket", "path", None, False, lambda v: None if v is None else _path(v, "socket")),
     Option("on_failed", "text", "remove", False, _on_failed),
-    Option("query", "text", "backends", False, _query),
+    Option("query", "query", "backends"),
     Option("min_alive", "fraction", 0.5, False, lambda v: _fraction(v, "min_alive")),
     Option("check_path", "text", None, False, lambda v: _check_path(v)),
     Option("check_inter", "int", None, False, lambda v: _check_inter(v)),

@@ -103,29 +103,15 @@ def _word(server: Server) -> str:
     return f"{server.name}={server.address}{extra}"
 
 
-DIGEST_PAYLOAD = b"digest"  # the `backends` query's payload that asks for `digest_line` instead of `summary`
-DIGEST_HEX = 16
-
-
 def digest_line(state: State, default_backend: str) -> str:
-    """`digest=<16 hex> servers=N backends=M kept_failed=K`: what this load balancer serves,
-    small enough for any query reply (`serf-handle cluster-check` compares them).
+    """What this load balancer serves, as `serf-handle cluster-check` compares it
+    (`serf_handlers.digest`): each server with its admin state, and the failed ones kept."""
+    from ...digest import Served
+    from ...digest import digest_line as line
 
-    The digest is the SHA-256 of one `backend name addr port weight admin-state` line per
-    served server, sorted: the same servers give the same digest on every load balancer,
-    whatever order their events came in, and nothing of the load balancer's own (paths,
-    listen addresses) goes in. `kept_failed` counts failed members still served (the
-    `min_alive` rule), which may rightly differ between load balancers for a while.
-    """
-    import hashlib  # only on this query's path: the member-event path never pays its import
-
-    lines = sorted(
-        f"{s.backend} {s.name} {s.addr} {s.port} {s.weight} {s.admin}\n" for s in state.servers.values()
-    )
-    digest = hashlib.sha256("".join(lines).encode("ascii")).hexdigest()[:DIGEST_HEX]
-    backends = len(by_backend(state.servers, default_backend))
-    kept = sum(1 for s in state.servers.values() if s.failed)
-    return f"digest={digest} servers={len(state.servers)} backends={backends} kept_failed={kept}\n"
+    servers = state.servers.values()
+    served = (Served(s.backend, s.node, s.addr, s.port, s.weight, s.admin) for s in servers)
+    return line(served, len(by_backend(state.servers, default_backend)), sum(1 for s in servers if s.failed))
 
 
 # `drained NODE`: a web node that is stopping asks every load balancer whether it has drained

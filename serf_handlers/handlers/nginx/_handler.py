@@ -17,8 +17,8 @@ candidate, an atomic install, a reload only when the text changed, a failed relo
         nginx: nginx                  # the binary for the check (and the default reload)
         reload: null                  # argv; null: [nginx, -c, <config>, -s, reload]
         backup: false
-        query: backends               # the query whose `drained NODE` it answers (a stopping
-                                      # web node asks every load balancer: see `_query`)
+        query: backends               # the query whose `digest` (serf-handle cluster-check) and
+                                      # `drained NODE` (a stopping web node) it answers: `_query`
 
 A member's `weight` (0-256; 0 is `down`) and `state` tags (ready, drain, maint: drain and
 maint are `down`) are honoured. Backend names are folded to lowercase: nginx compares upstream
@@ -42,15 +42,6 @@ if TYPE_CHECKING:
     from ...protocols import Reply
 
 
-def _query_name(value: object) -> object:
-    # As the haproxy handler's: Serf's `-event-handler` filter is `query:NAME`, comma-separated.
-    if not isinstance(value, str) or not value or not value.isprintable() or any(
-        c.isspace() or c in "\"'#\\," for c in value
-    ):
-        raise ValueError("expected a query name (no spaces or commas)")
-    return value
-
-
 OPTIONS = (
     Option("role", "text", "web"),
     Option("port", "port", 80),
@@ -63,7 +54,7 @@ OPTIONS = (
     Option("nginx", "text", "nginx"),
     Option("reload", "argv"),
     Option("backup", "bool", False),
-    Option("query", "text", "backends", False, _query_name),
+    Option("query", "query", "backends"),
 )
 
 
@@ -87,6 +78,7 @@ class NginxHandler(KeptFileHandler):
                         backup=bool(o["backup"]))
         self.kept = KeptFile(f"nginx {config}", target, self._render, self._refuse, self._describe)
         self.query = str(o["query"])
+        self.cluster_query = self.query  # `serf-handle cluster-check` asks it `digest` (ClusterView)
         self.default_events: tuple[str, ...] = (*MEMBER_EVENTS, f"query:{self.query}")
 
     def __call__(self, event: Event) -> Reply:
@@ -96,17 +88,20 @@ class NginxHandler(KeptFileHandler):
         return None
 
     def _query(self, payload: bytes) -> str:
-        """The reply to the `query` (`backends`): with `drained NODE`, one line saying whether
-        nginx was given NODE's servers as `down` (or none), from the record of what it was last
-        given (as `status` shows it), never from the file's text. Only reads: Serf runs a node's
-        handlers one at a time, so an answer must not wait for a run's lock."""
+        """The reply to the `query` (`backends`), one line: with `digest`, what nginx serves
+        (`serf-handle cluster-check` compares it with the other load balancers', haproxy's
+        too); with `drained NODE`, whether nginx was given NODE's servers as `down` (or none).
+        Both from the record of what nginx was last given (as `status` shows it), never from
+        the file's text. Only reads: Serf runs a node's handlers one at a time, so an answer
+        must not wait for a run's lock."""
+        from ...digest import asks_digest
         from ...drained import bad_payload, drained_node
         from ...pipeline import RecordError
-        from ._servers import drained_line
+        from ._servers import digest_line, drained_line
 
         asked = drained_node(payload)
-        if asked is None:  # the server list, `digest` (cluster-check compares HAProxy's only)...
-            return "error=unsupported (nginx load balancer: drained NODE only)\n"
+        if asked is None and not asks_digest(payload):  # the readable server list: `serf-handle status`
+            return "error=unsupported (nginx load balancer: digest and drained NODE only)\n"
         if isinstance(asked, ValueError):  # untrusted: one line, never an exception
             return bad_payload(asked)
         try:
@@ -115,7 +110,7 @@ class NginxHandler(KeptFileHandler):
             return "error=state_unreadable\n"  # `serf-handle reconcile` rebuilds it
         assert self.selected_role is not None
         given = servers(members.values(), self.selected_role, self.port, self.backend) if stands == GIVEN else None
-        return drained_line(given, asked)
+        return digest_line(given) if asked is None else drained_line(given, asked)
 
     def _refuse(self, member: Member) -> str | None:
         return refusal(member, self.port) if member.role == self.selected_role else None

@@ -101,3 +101,16 @@ def drained_line(given: Mapping[str, list[Server]] | None, node: str) -> str:
     if all(s.down for s in mine):
         return "drained=yes state=down\n"  # state tag drain or maint, or weight 0
     return "drained=no state=ready\n"
+
+
+def digest_line(given: Mapping[str, list[Server]] | None) -> str:
+    """The `digest` answer (`serf_handlers.digest`) for the servers nginx was last `given`;
+    None (a run in progress, a reload owed, the file changed or behind): an error line, as
+    nginx may serve something else. nginx keeps no failed member: `kept_failed=0`."""
+    from ...digest import Served
+    from ...digest import digest_line as line
+
+    if given is None:
+        return "error=not_applied (nginx has not loaded what the members call for: see serf-handle status)\n"
+    served = (Served(s.backend, s.node, s.addr, s.port, s.weight, s.state) for found in given.values() for s in found)
+    return line(served, len(given), 0)
