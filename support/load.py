@@ -7,19 +7,20 @@ test does. Use it as a context manager; `failures` lists what went wrong, in ord
 
 from __future__ import annotations
 
-import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
 
+from support.background import Background
 from support.processes import get
 
 
-class Load:
+class Load(Background):
     def __init__(
         self, port: int, rate: float = 50.0, limit: int = 20_000, seconds: float = 300.0,
         targets: Sequence[tuple[str | None, str]] = ((None, "/"),),
     ) -> None:
+        super().__init__(f"load-{port}")
         self.port = port
         self.targets = targets  # (Host header, path) of each request in turn
         self.interval = 1.0 / rate
@@ -28,21 +29,6 @@ class Load:
         self.ok = 0
         self.failures: list[tuple[float, str]] = []  # (seconds since start, what)
         self.seen: Counter[str] = Counter()  # body -> requests that got it
-        self.started = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"load-{port}", daemon=True)
-
-    def __enter__(self) -> Load:
-        self.started = time.monotonic()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
     @property
     def requests(self) -> int:

@@ -20,6 +20,8 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from support.processes import eventually
+
 REPO = Path(__file__).resolve().parents[2]
 LB_IMAGE = "serf-handlers/haproxy"
 WEB_IMAGE = "serf-handlers/nginx"
@@ -43,13 +45,8 @@ def docker_answers() -> bool:
 
 
 def wait_for(what: str, predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        if predicate():
-            return
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
+    if not eventually(predicate, timeout, interval):
+        raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def as_root(*argv: str) -> tuple[str, ...]:

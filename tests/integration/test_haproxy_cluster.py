@@ -15,13 +15,13 @@ from __future__ import annotations
 import http.client
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from support.background import Background
 from support.processes import SERF_HANDLE, Processes, free_port, start_nginx, wait_until
 from support.site import Site, bodies, load_balancer
 
@@ -151,25 +151,16 @@ def test_reconcile_after_the_state_file_was_deleted(reload_lb: Site) -> None:
 # --- runtime API mode ------------------------------------------------------------------
 
 
-class RequestStream:
+class RequestStream(Background):
     """A bounded stream of keep-alive requests through HAProxy, in a thread, counting failures."""
 
     def __init__(self, port: int, limit: int = 200_000) -> None:
+        super().__init__(f"requests-{port}")
         self.port = port
         self.limit = limit
         self.ok = 0
         self.failures: list[str] = []
         self.seen: set[str] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> RequestStream:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
     def _run(self) -> None:
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=3)

@@ -50,7 +50,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -61,6 +60,7 @@ import pytest
 
 from serf_handlers.handlers.haproxy._live import rows
 from support.admin import Unavailable, admin, answers
+from support.background import Background
 from support.netns import Namespace, Network, NsAgent, NsLoad, cut, gossip, start_nginx_in, unavailable
 from support.processes import Processes, eventually, require, wait_until
 from support.site import Site
@@ -223,11 +223,12 @@ def failed_and_removed(c: Cluster, name: str) -> bool:
     return c.agent.statuses().get(name) == "failed" and name not in live(c.lb)
 
 
-class Watch:
+class Watch(Background):
     """HAProxy's backend `web`, sampled every `interval` s on the admin socket in a thread: the
     fewest servers in rotation (ready and UP) and present, and each change of the rotation."""
 
     def __init__(self, socket: Path, interval: float = 0.1) -> None:
+        super().__init__("watch-haproxy")
         self.socket = socket
         self.interval = interval
         self.min_serving: int | None = None
@@ -235,18 +236,6 @@ class Watch:
         self.samples = 0
         self.unanswered = 0
         self.changes: list[tuple[float, tuple[str, ...]]] = []  # (seconds since start, servers in rotation)
-        self.started = 0.0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="watch-haproxy", daemon=True)
-
-    def __enter__(self) -> Watch:
-        self.started = time.monotonic()
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
     def _run(self) -> None:
         while not self._stop.is_set():
