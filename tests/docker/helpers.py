@@ -9,7 +9,6 @@ import secrets
 import shutil
 import socket
 import subprocess
-import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -20,6 +19,7 @@ from typing import Any, NamedTuple
 
 import pytest
 
+from support.background import Background
 from support.processes import eventually
 
 REPO = Path(__file__).resolve().parents[2]
@@ -129,16 +129,15 @@ def wait_for_rotation(
         raise AssertionError(f"{exc}; last saw {sorted(seen)}, errors {errors[:3]}\n{logs()}") from None
 
 
-class Load:
+class Load(Background):
     """Sequential requests in a thread, each with a timeout, for a bounded time."""
 
     def __init__(self, url: str, max_seconds: float) -> None:
+        super().__init__("load", join_timeout=max_seconds + 10)
         self.url = url
         self.max_seconds = max_seconds
         self.answers: list[tuple[float, str]] = []
         self.failures: list[tuple[float, str]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.max_seconds
@@ -148,15 +147,7 @@ class Load:
                 self.answers.append((now, fetch(self.url)))
             except (OSError, AssertionError) as exc:
                 self.failures.append((now, repr(exc)))
-            time.sleep(0.01)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(timeout=self.max_seconds + 10)
+            self._stop.wait(0.01)
 
 
 # ---------------------------------------------------------------- Compose projects

@@ -15,13 +15,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from support.background import Background
 from support.load import Load
 from support.processes import Agent, Processes, children, cluster_sees, free_port, require, start_nginx, wait_until
 from support.site import Site
@@ -101,22 +101,13 @@ def output(procs: Processes, name: str) -> str:
     return (procs.workdir / f"{name}.log").read_text(errors="replace")
 
 
-class Watch:
+class Watch(Background):
     """When HAProxy's live state first showed `name` drained (or gone), polled every 20 ms."""
 
     def __init__(self, lb: Site, name: str) -> None:
+        super().__init__(f"watch-{name}", join_timeout=5)
         self.lb, self.name = lb, name
         self.drained_at: float | None = None
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def __enter__(self) -> Watch:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self._stop.set()
-        self._thread.join(5)
 
     def _run(self) -> None:
         while not self._stop.is_set() and self.drained_at is None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 import http.client
 import json
 import subprocess
-import threading
 import time
 from collections.abc import Callable
 from functools import partial
@@ -35,6 +34,7 @@ from typing import NamedTuple
 
 import pytest
 
+from support.background import Background
 from support.load import Load
 from support.processes import (
     SERF_HANDLE,
@@ -67,27 +67,15 @@ exit "$code"
 """
 
 
-class KeepAlive:
+class KeepAlive(Background):
     """One HTTP/1.1 connection to nginx, reused for a request every 1/rate s, never retried:
     a failed request is counted and the next one opens a new connection. Bounded by `seconds`."""
 
     def __init__(self, port: int, rate: float = 50.0, seconds: float = 60.0) -> None:
+        super().__init__(f"keepalive-{port}")
         self.port, self.interval, self.seconds = port, 1.0 / rate, seconds
         self.ok = 0
         self.failures: list[str] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name=f"keepalive-{port}", daemon=True)
-
-    def __enter__(self) -> KeepAlive:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(10)
 
     def _run(self) -> None:
         deadline = time.monotonic() + self.seconds
