@@ -3,7 +3,7 @@
 Run on any node. It lists the alive members with the load balancers' role tag
 (`serf members`), then asks them all one Serf query (`serf query -format json -tag
 role=^ROLE$ backends digest`); each load balancer's haproxy or nginx handler answers with one
-line, `digest=<16 hex> servers=N backends=M kept_failed=K` (see `serf_handlers.digest`), far
+line, `digest=<16 hex> servers=N backends=M kept_failed=K` (see `serf_handlers.answers`), far
 below Serf's ~1 KiB reply limit however many servers there are. A query travels by gossip
 and can miss a node now and then (seen on loopback: no ack, no answer), so the silent ones
 are asked once more, by name, before they are reported.

@@ -796,41 +796,60 @@ def test_a_hostile_drained_payload_gets_one_line(ngx: Ngx, payload: bytes, reply
     assert isinstance(got, str) and len(got.encode()) < reply_budget("x" * 200)
 
 
-UNSUPPORTED = "error=unsupported (nginx load balancer: digest and drained NODE only)\n"
-
-
-@pytest.mark.parametrize(
-    "payload",
-    [
-        pytest.param(b"", id="empty: the server list"),
-        pytest.param(b"digests\n", id="another word"),
-        pytest.param(b"drainedweb1\n", id="drained, glued"),
-        pytest.param(b"\xff" * 2000, id="binary"),
-    ],
-)
-def test_other_payloads_are_unsupported(ngx: Ngx, payload: bytes) -> None:
-    ngx.ok("member-join", member_line("web1", "10.0.0.1"))
-    assert ask(ngx.handler(), payload) == UNSUPPORTED
-
-
-# --- the `backends` query: `digest` (serf-handle cluster-check) -----------------------------------
-
-
-def haproxy_digest(lines: Sequence[bytes], kept_failed: Sequence[bytes] = ()) -> str:
-    """What an haproxy load balancer given the same member lines answers to `digest`."""
+def haproxy_answer(payload: bytes, lines: Sequence[bytes], kept_failed: Sequence[bytes] = ()) -> str:
+    """What an haproxy load balancer given the same member lines answers to `payload`."""
     from serf_handlers.events import parse_members
-    from serf_handlers.handlers.haproxy._report import digest_line
+    from serf_handlers.handlers.haproxy._report import digest_line, summary
     from serf_handlers.handlers.haproxy._servers import from_member
     from serf_handlers.handlers.haproxy._state import State
 
     failed = parse_members(b"".join(kept_failed))
     servers = {m.name: from_member(m.name, m.addr, m.tags, 80, "web")._replace(failed=m in failed)
                for m in parse_members(b"".join([*lines, *kept_failed]))}
-    return digest_line(State(servers, None), "web")
+    state = State(servers, None)
+    return digest_line(state, "web") if payload == b"digest\n" else summary(state, "web", reply_budget("lb"))
 
 
 MEMBERS = [member_line("web1", "10.0.0.1"), member_line("web2", "10.0.0.2", weight="3", state="drain"),
            member_line("web3", "10.0.0.3", port="8080", backend="api")]
+NOT_APPLIED = "error=not_applied (nginx has not loaded what the members call for: see serf-handle status)\n"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        pytest.param(b"", id="empty"),
+        pytest.param(b"\n", id="a newline"),
+        pytest.param(b"digests\n", id="another word"),
+        pytest.param(b"drainedweb1\n", id="drained, glued"),
+        pytest.param(b"\xff" * 2000, id="binary"),
+    ],
+)
+def test_any_other_payload_gets_the_server_list_in_haproxys_words(ngx: Ngx, payload: bytes) -> None:
+    ngx.ok("member-join", *MEMBERS)
+    reply = ask(ngx.handler(), payload)
+    assert reply == "api: web3=10.0.0.3:8080\nweb: web1=10.0.0.1:80 web2=10.0.0.2:80(w=3)(drain)\n"
+    assert reply == haproxy_answer(payload, MEMBERS)
+
+
+def test_the_server_list_is_cut_to_fit_a_reply(ngx: Ngx) -> None:
+    many = [member_line(f"node-{i:03d}-" + "x" * 40, f"10.0.0.{i + 1}") for i in range(60)]
+    ngx.ok("member-join", *many)
+    reply = ask(ngx.handler(), b"")
+    assert isinstance(reply, str) and reply.endswith("\ntruncated\n")
+    assert len(reply.encode()) <= reply_budget("lb") < len(haproxy_answer(b"", many[:1]) * 60)
+    assert reply == haproxy_answer(b"", many)
+
+
+def test_the_server_list_is_an_error_until_nginx_is_known_to_run_the_file(ngx: Ngx, tmp_path: Path) -> None:
+    assert ask(ngx.handler(), b"") == NOT_APPLIED  # no state file: nothing known
+
+
+# --- the `backends` query: `digest` (serf-handle cluster-check) -----------------------------------
+
+
+def haproxy_digest(lines: Sequence[bytes], kept_failed: Sequence[bytes] = ()) -> str:
+    return haproxy_answer(b"digest\n", lines, kept_failed)
 
 
 def test_nginx_and_haproxy_serving_the_same_members_give_the_same_digest(ngx: Ngx) -> None:
@@ -854,13 +873,12 @@ def test_digest_is_an_error_until_nginx_is_known_to_run_the_file(ngx: Ngx, tmp_p
     down = tmp_path / "nginx-down"
     ngx.write_yml(reload=["sh", "-c", FLAKY, "reload", str(ngx.reloads), str(down)])
     handler = ngx.handler()
-    not_applied = "error=not_applied (nginx has not loaded what the members call for: see serf-handle status)\n"
-    assert ask(handler, b"digest\n") == not_applied  # no state file: nothing known
+    assert ask(handler, b"digest\n") == NOT_APPLIED  # no state file: nothing known
     ngx.ok("member-join", MEMBERS[0])
     assert ask(handler, b"digest\n") == haproxy_digest(MEMBERS[:1])
     down.touch()
     assert ngx.run("member-join", MEMBERS[2]).returncode == 1  # installed, the reload failed
-    assert ask(handler, b"digest\n") == not_applied  # nginx may still serve web1 alone
+    assert ask(handler, b"digest\n") == NOT_APPLIED  # nginx may still serve web1 alone
     ngx.state.write_text("{truncated")
     assert ask(handler, b"digest\n") == "error=state_unreadable\n"
 
@@ -886,7 +904,7 @@ def test_the_query_through_serf_handle(ngx: Ngx) -> None:
                            (b"drained web1\x1b]0;pwned\x07\n", b"error=bad_payload control character in node name\n"),
                            (b"digest\n", haproxy_digest([member_line("web1", "10.0.0.1", state="drain"),
                                                           member_line("web2", "10.0.0.2")]).encode()),
-                           (b"\n", UNSUPPORTED.encode())):
+                           (b"\n", b"web: web1=10.0.0.1:80(drain) web2=10.0.0.2:80\n")):
         done = ngx.ask(payload)
         assert (done.returncode, done.stdout, done.stderr) == (0, reply, b""), payload
     # Another query is not the handler's: nothing runs, nothing is said.

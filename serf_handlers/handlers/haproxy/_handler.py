@@ -103,7 +103,7 @@ class HAProxyHandler:
         """The reply to the `query` (`backends`): a readable list of the servers, or with the
         payload `digest` one line for `serf-handle cluster-check`, or with `drained NODE` one
         line saying whether this load balancer has drained NODE (a stopping web node asks)."""
-        from ...digest import asks_digest
+        from ...answers import asks_digest
         from ...drained import bad_payload, drained_node
         from ._report import summary
 

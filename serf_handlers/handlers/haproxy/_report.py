@@ -14,8 +14,6 @@ if TYPE_CHECKING:
     from ._live import LiveServer
     from ._servers import Key
 
-TRUNCATED = "truncated"
-
 
 def table(
     state: State, default_backend: str, live: Mapping[Key, LiveServer] | None = None
@@ -78,23 +76,11 @@ def _differing(state: State, live: Mapping[Key, LiveServer]) -> set[Key]:
 
 
 def summary(state: State, default_backend: str, budget: int) -> str:
-    """One line per backend, `server=addr:port` each; ends with "truncated" if cut to fit `budget` bytes."""
-    lines: list[str] = []
-    used = 0
-    reserve = len(TRUNCATED) + 1
-    for backend, servers in by_backend(state.servers, default_backend).items():
-        words = [f"{backend}:"] + [_word(s) for s in servers] if servers else [f"{backend}:", "-"]
-        line = words[0]
-        for word in words[1:]:
-            if used + len(line) + 1 + len(word) + 1 + reserve > budget:
-                lines.append(line)
-                return "\n".join(lines) + "\n" + TRUNCATED + "\n"
-            line += " " + word
-        if used + len(line) + 1 + reserve > budget:
-            return "\n".join(lines) + ("\n" if lines else "") + TRUNCATED + "\n"
-        lines.append(line)
-        used += len(line) + 1
-    return "\n".join(lines) + "\n"
+    """One line per backend, `server=addr:port` each, cut to fit `budget` bytes (`serf_handlers.answers`)."""
+    from ...answers import server_list
+
+    backends = by_backend(state.servers, default_backend)
+    return server_list({name: [_word(s) for s in found] for name, found in backends.items()}, budget)
 
 
 def _word(server: Server) -> str:
@@ -105,9 +91,9 @@ def _word(server: Server) -> str:
 
 def digest_line(state: State, default_backend: str) -> str:
     """What this load balancer serves, as `serf-handle cluster-check` compares it
-    (`serf_handlers.digest`): each server with its admin state, and the failed ones kept."""
-    from ...digest import Served
-    from ...digest import digest_line as line
+    (`serf_handlers.answers`): each server with its admin state, and the failed ones kept."""
+    from ...answers import Served
+    from ...answers import digest_line as line
 
     servers = state.servers.values()
     served = (Served(s.backend, s.node, s.addr, s.port, s.weight, s.admin) for s in servers)

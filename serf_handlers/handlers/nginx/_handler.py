@@ -83,25 +83,23 @@ class NginxHandler(KeptFileHandler):
 
     def __call__(self, event: Event) -> Reply:
         if isinstance(event, Query):
-            return self._query(event.payload) if event.name == self.query else None
+            return self._query(event.payload, event.node.name) if event.name == self.query else None
         super().__call__(event)
         return None
 
-    def _query(self, payload: bytes) -> str:
-        """The reply to the `query` (`backends`), one line: with `digest`, what nginx serves
-        (`serf-handle cluster-check` compares it with the other load balancers', haproxy's
-        too); with `drained NODE`, whether nginx was given NODE's servers as `down` (or none).
-        Both from the record of what nginx was last given (as `status` shows it), never from
-        the file's text. Only reads: Serf runs a node's handlers one at a time, so an answer
-        must not wait for a run's lock."""
-        from ...digest import asks_digest
+    def _query(self, payload: bytes, self_name: str) -> str:
+        """The reply to the `query` (`backends`), as the haproxy handler's: the readable server
+        list; with `digest`, the line `serf-handle cluster-check` compares; with `drained NODE`,
+        whether nginx was given NODE's servers as `down` (or none). All from the record of what
+        nginx was last given (as `status` shows it), never from the file's text. Only reads:
+        Serf runs a node's handlers one at a time, so an answer must not wait for a run's lock."""
+        from ...answers import asks_digest
+        from ...dispatch import reply_budget
         from ...drained import bad_payload, drained_node
         from ...pipeline import RecordError
-        from ._servers import digest_line, drained_line
+        from ._servers import digest_line, drained_line, server_list
 
         asked = drained_node(payload)
-        if asked is None and not asks_digest(payload):  # the readable server list: `serf-handle status`
-            return "error=unsupported (nginx load balancer: digest and drained NODE only)\n"
         if isinstance(asked, ValueError):  # untrusted: one line, never an exception
             return bad_payload(asked)
         try:
@@ -110,7 +108,9 @@ class NginxHandler(KeptFileHandler):
             return "error=state_unreadable\n"  # `serf-handle reconcile` rebuilds it
         assert self.selected_role is not None
         given = servers(members.values(), self.selected_role, self.port, self.backend) if stands == GIVEN else None
-        return digest_line(given) if asked is None else drained_line(given, asked)
+        if asked is not None:
+            return drained_line(given, asked)
+        return digest_line(given) if asks_digest(payload) else server_list(given, reply_budget(self_name))
 
     def _refuse(self, member: Member) -> str | None:
         return refusal(member, self.port) if member.role == self.selected_role else None

@@ -13,6 +13,8 @@ if TYPE_CHECKING:
     from ...pipeline import Known
 
 STATES = ("ready", "drain", "maint")
+# What a query gets while nginx is not known to run the installed config: it may serve another.
+NOT_APPLIED = "error=not_applied (nginx has not loaded what the members call for: see serf-handle status)\n"
 _NAME_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789")
 _NAME = _NAME_START | frozenset("_.-")
 
@@ -104,13 +106,29 @@ def drained_line(given: Mapping[str, list[Server]] | None, node: str) -> str:
 
 
 def digest_line(given: Mapping[str, list[Server]] | None) -> str:
-    """The `digest` answer (`serf_handlers.digest`) for the servers nginx was last `given`;
+    """The `digest` answer (`serf_handlers.answers`) for the servers nginx was last `given`;
     None (a run in progress, a reload owed, the file changed or behind): an error line, as
     nginx may serve something else. nginx keeps no failed member: `kept_failed=0`."""
-    from ...digest import Served
-    from ...digest import digest_line as line
+    from ...answers import Served
+    from ...answers import digest_line as line
 
     if given is None:
-        return "error=not_applied (nginx has not loaded what the members call for: see serf-handle status)\n"
+        return NOT_APPLIED
     served = (Served(s.backend, s.node, s.addr, s.port, s.weight, s.state) for found in given.values() for s in found)
     return line(served, len(given), 0)
+
+
+def server_list(given: Mapping[str, list[Server]] | None, budget: int) -> str:
+    """The plain answer (`serf_handlers.answers`): one line per backend, `node=addr:port` each,
+    with `(w=N)` and `(drain)`/`(maint)` as the haproxy handler writes them."""
+    from ...answers import server_list as lines
+
+    if given is None:
+        return NOT_APPLIED
+    return lines({name: [_word(s) for s in found] for name, found in sorted(given.items())}, budget)
+
+
+def _word(server: Server) -> str:  # node names were checked by the pipeline: one word each
+    weight = "" if server.weight == 1 else f"(w={server.weight})"
+    state = "" if server.state == "ready" else f"({server.state})"
+    return f"{server.node}={server.address}{weight}{state}"

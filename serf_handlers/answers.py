@@ -1,9 +1,11 @@
-"""The `digest` question: `serf-handle cluster-check` asks every load balancer, through its
-`backends` query with the payload `digest`, what it serves, and compares the one-line answers.
+"""What a load balancer answers to the `backends` query, beside `drained NODE`
+(serf_handlers/drained.py): with no payload (or any other), the readable server list
+(`serf query backends`); with the payload `digest`, the one line `serf-handle cluster-check`
+compares across load balancers.
 
 Both load balancer handlers (haproxy, nginx) answer here, in the same words, so load
-balancers of either kind are compared alike: the same servers give the same digest.
-Imported only when a query asks: the member-event path never loads it.
+balancers of either kind read alike and are compared alike: the same servers give the same
+digest. Imported only when a query asks: the member-event path never loads it.
 """
 
 from __future__ import annotations
@@ -12,10 +14,11 @@ from ._log import escape
 from ._typing import TYPE_CHECKING, NamedTuple
 
 if TYPE_CHECKING:
-    from collections.abc import Iterable
+    from collections.abc import Iterable, Mapping, Sequence
 
 PAYLOAD = b"digest"
 HEX = 16  # 64 bits: far beyond any chance collision between load balancers, and one short line
+TRUNCATED = "truncated"
 
 
 class Served(NamedTuple):
@@ -47,3 +50,23 @@ def digest_line(served: Iterable[Served], backends: int, kept_failed: int) -> st
     lines = sorted(f"{s.backend} {escape(s.node)} {s.addr} {s.port} {s.weight} {s.state}\n" for s in served)
     digest = hashlib.sha256("".join(lines).encode()).hexdigest()[:HEX]
     return f"digest={digest} servers={len(lines)} backends={backends} kept_failed={kept_failed}\n"
+
+
+def server_list(backends: Mapping[str, Sequence[str]], budget: int) -> str:
+    """One line per backend, its servers' words after it (`-` for none); ends with
+    "truncated" if cut to fit `budget` bytes (Serf drops a reply over its limit)."""
+    lines: list[str] = []
+    used = 0
+    reserve = len(TRUNCATED) + 1
+    for backend, words in backends.items():
+        line = f"{backend}:"
+        for word in words or ["-"]:
+            if used + len(line) + 1 + len(word) + 1 + reserve > budget:
+                lines.append(line)
+                return "\n".join(lines) + "\n" + TRUNCATED + "\n"
+            line += " " + word
+        if used + len(line) + 1 + reserve > budget:
+            return "\n".join(lines) + ("\n" if lines else "") + TRUNCATED + "\n"
+        lines.append(line)
+        used += len(line) + 1
+    return "\n".join(lines) + "\n"
