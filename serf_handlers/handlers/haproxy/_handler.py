@@ -12,11 +12,11 @@ from ... import _log, _metrics
 from ..._files import Lock, read_bytes
 from ..._typing import TYPE_CHECKING
 from ...dispatch import Drift, reply_budget
-from ...errors import ConfigError, HandlerError
+from ...errors import HandlerError
 from ...events import MEMBER_EVENTS, MemberEvent, Query
 from . import _state
 from ._execute import converge, session
-from ._options import OPTIONS, parse
+from ._options import parse
 from ._plan import wanted_after_event, wanted_from_members
 from ._render import routing_maps
 
@@ -82,11 +82,7 @@ class HAProxyHandler:
         return self.options.query
 
     def __init__(self, **options: object) -> None:
-        names = [option.name for option in OPTIONS]
-        unknown = sorted(set(options) - set(names))
-        if unknown:
-            raise ConfigError(f"{', '.join(unknown)}: unknown option(s) (expected {', '.join(names)})")
-        self.options = parse(**options)
+        self.options = parse(**options)  # an unknown option is a ConfigError naming it
         self.default_events: tuple[str, ...] = (*MEMBER_EVENTS, f"query:{self.options.query}")
         self._lock_path = f"{self.options.state}.lock"
 

@@ -448,7 +448,7 @@ def live_only(
     None when nothing can be applied live: no socket, HAProxy silent, what it runs unknown."""
     if options.socket is None or live is None or old.applied is None:
         return None
-    backends = {options.backend, *options.tcp, *options.backends, *(s.backend for s in old.applied.values())}
+    backends = {*_standing_backends(options), *(s.backend for s in old.applied.values())}
     reachable = {node: s for node, s in new.servers.items() if s.backend in backends}
     actual = as_servers(live, old, reachable)
     pending = tuple(key for key in old.pending if key in live)
@@ -509,7 +509,7 @@ def _reload_reason(
     if installed != text and (written is None or installed != render(written)):
         # Someone changed the template or the file: HAProxy must load the whole config.
         return "the installed config was not the one HAProxy runs"
-    always = {options.backend, *options.tcp, *options.backends}  # in every config, with or without servers
+    always = _standing_backends(options)
     old_backends = {*always, *(s.backend for s in applied.values())}
     new_backends = {*always, *(s.backend for s in wanted.values())}
     if old_backends != new_backends:
@@ -521,6 +521,11 @@ def _reload_reason(
         # a server joins a sticky backend by a (hitless) reload. Leaves and updates stay live.
         return f"servers join sticky backend(s) {sticky}: HAProxy 2.6 adds no server with a cookie live"
     return None
+
+
+def _standing_backends(options: Options) -> set[str]:
+    """The backends in every config, with or without servers: the default, TCP and configured ones."""
+    return {options.backend, *options.tcp, *options.backends}
 
 
 def _sticky_joins(applied: Mapping[str, Server], wanted: Mapping[str, Server], options: Options) -> set[str]:

@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from ...events import Event, Member
     from ...pipeline import Known
     from ...protocols import Reply
+    from ._servers import Server
 
 
 OPTIONS = (
@@ -106,11 +107,15 @@ class NginxHandler(KeptFileHandler):
             members, stands = self.kept.standing()
         except RecordError:
             return "error=state_unreadable\n"  # `serf-handle reconcile` rebuilds it
-        assert self.selected_role is not None
-        given = servers(members.values(), self.selected_role, self.port, self.backend) if stands == GIVEN else None
+        given = self._servers(members) if stands == GIVEN else None
         if asked is not None:
             return drained_line(given, asked)
         return digest_line(given) if asks_digest(payload) else server_list(given, reply_budget(self_name))
+
+    def _servers(self, members: Mapping[str, Known]) -> dict[str, list[Server]]:
+        """backend -> its upstream servers, from the kept members of our role."""
+        assert self.selected_role is not None
+        return servers(members.values(), self.selected_role, self.port, self.backend)
 
     def _refuse(self, member: Member) -> str | None:
         return refusal(member, self.port) if member.role == self.selected_role else None
@@ -119,19 +124,17 @@ class NginxHandler(KeptFileHandler):
         """`status`: the servers the kept members make, and whether nginx has them."""
         from ._servers import table
 
-        assert self.selected_role is not None
         heading = {
             GIVEN: "servers nginx was last given (in the installed config, reloaded):",
             INSTALLED: "servers in the installed config; nginx has not loaded it yet (reload pending):",
             WANTED: "servers the members call for; not in the installed config (see above):",
         }[stands]
-        return [heading, *table(servers(members.values(), self.selected_role, self.port, self.backend))]
+        return [heading, *table(self._servers(members))]
 
     def _render(self, members: Mapping[str, Known], node: Mapping[str, object] | None) -> str:
         from ._render import builtin, context
 
-        assert self.selected_role is not None
-        c = context(self.vars, servers(members.values(), self.selected_role, self.port, self.backend), self.backend)
+        c = context(self.vars, self._servers(members), self.backend)
         if self.template is None:
             return builtin(c)
         from ..._jinja import render
